@@ -1,0 +1,2 @@
+//! The load bench: placeholder, filled in below.
+fn main() {}

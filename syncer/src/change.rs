@@ -1,0 +1,92 @@
+//! The vocabulary every event source speaks: a [`Change`] to one path relative to the source
+//! root. Sources translate kernel records into these; nothing downstream knows which kernel
+//! interface produced them.
+
+use std::path::{Path, PathBuf};
+
+/// What happened to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// The name came into being here (creat, mkdir, mknod, symlink, link).
+    Created,
+    /// Content or attributes changed (write, truncate, chmod, utimes, a close after writing).
+    Modified,
+    /// The name went away (unlink, rmdir, or renamed away).
+    Removed,
+    /// The name appeared by a rename, possibly over an existing one; a directory brings its
+    /// whole subtree.
+    MovedIn,
+    /// The whole subtree must be compared again (overflow, lost or unresolvable events).
+    Rescan,
+}
+
+/// A change to `path`, relative to the source root (the root itself is the empty path).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Change {
+    pub path: PathBuf,
+    pub kind: ChangeKind,
+    pub is_dir: bool,
+}
+
+impl Change {
+    pub fn new(path: impl Into<PathBuf>, kind: ChangeKind, is_dir: bool) -> Change {
+        Change {
+            path: path.into(),
+            kind,
+            is_dir,
+        }
+    }
+
+    /// A rescan of the subtree at `path`.
+    pub fn rescan(path: impl Into<PathBuf>) -> Change {
+        Change::new(path, ChangeKind::Rescan, true)
+    }
+}
+
+/// The changes caused by a directory-entry operation on `path`: the entry itself, and its
+/// parent directory, whose mtime the operation moved (the target's copy of the parent must be
+/// brought up to date after the entry).
+pub fn entry_changes(path: &Path, kind: ChangeKind, is_dir: bool, out: &mut Vec<Change>) {
+    out.push(Change::new(path, kind, is_dir));
+    if let Some(parent) = path.parent() {
+        out.push(Change::new(parent, ChangeKind::Modified, true));
+    }
+}
+
+/// Whether `path` lies strictly below `dir` (relative paths; the empty path is the root).
+pub fn is_below(path: &Path, dir: &Path) -> bool {
+    if dir.as_os_str().is_empty() {
+        return !path.as_os_str().is_empty();
+    }
+    path != dir && path.starts_with(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_changes_touch_the_parent() {
+        let mut out = Vec::new();
+        entry_changes(Path::new("a/b"), ChangeKind::Created, false, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Change::new("a/b", ChangeKind::Created, false),
+                Change::new("a", ChangeKind::Modified, true)
+            ]
+        );
+        out.clear();
+        entry_changes(Path::new("top"), ChangeKind::Removed, true, &mut out);
+        assert_eq!(out[1], Change::new("", ChangeKind::Modified, true));
+    }
+
+    #[test]
+    fn below() {
+        assert!(is_below(Path::new("a/b"), Path::new("a")));
+        assert!(!is_below(Path::new("ab"), Path::new("a")));
+        assert!(!is_below(Path::new("a"), Path::new("a")));
+        assert!(is_below(Path::new("a"), Path::new("")));
+        assert!(!is_below(Path::new(""), Path::new("")));
+    }
+}

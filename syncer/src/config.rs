@@ -1,0 +1,328 @@
+//! Configuration: the plain structs the core runs on, built once from an optional TOML file and
+//! the command line (the command line wins). Validation happens here, so that the core never
+//! sees an impossible setting, and every rejection names the flag or the config line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::target::{Target, TargetKind};
+
+/// Which kernel event source feeds the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The best source this kernel and these privileges allow (see `syncer check`).
+    Auto,
+    Fanotify,
+    Ebpf,
+    Inotify,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SourceKind::Auto),
+            "fanotify" => Ok(SourceKind::Fanotify),
+            "ebpf" => Ok(SourceKind::Ebpf),
+            "inotify" => Ok(SourceKind::Inotify),
+            other => Err(format!(
+                "unknown source kind {other:?} (expected auto, fanotify, ebpf or inotify)"
+            )),
+        }
+    }
+}
+
+/// Size policy of the fanotify kernel queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueMode {
+    /// `FAN_UNLIMITED_QUEUE`: the kernel never drops events (the default; see ARCHITECTURE.md).
+    Unlimited,
+    /// The kernel's default bounded queue (16384 events): overflow leads to a rescan.
+    Bounded,
+}
+
+/// How rsync is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsyncOptions {
+    /// The rsync binary.
+    pub program: PathBuf,
+    /// Extra arguments appended to every call (e.g. `-H`, `-A`, `-X`, `--bwlimit=...`).
+    pub extra_args: Vec<String>,
+    /// Most paths in one rsync call.
+    pub batch_max: usize,
+    /// rsync's I/O `--timeout` in seconds.
+    pub io_timeout_s: u32,
+}
+
+/// Everything `syncer run` and `syncer sync` need, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Canonical absolute path of the replicated tree.
+    pub source: PathBuf,
+    pub targets: Vec<Target>,
+    pub source_kind: SourceKind,
+    pub initial_sync: bool,
+    /// Coalescing window: a path is transferred once it has been quiet this long.
+    pub delay: Duration,
+    /// rsync processes per target running at once.
+    pub shards: usize,
+    pub rsync: RsyncOptions,
+    pub fanotify_queue: QueueMode,
+    /// How long shutdown waits for queued changes to drain.
+    pub drain_timeout: Duration,
+}
+
+/// Settings as read from the command line or the config file, before merging and validation.
+/// Every field is optional; `None` means "not given here".
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub source: Option<PathBuf>,
+    pub targets: Option<Vec<String>>,
+    pub source_kind: Option<SourceKind>,
+    pub initial_sync: Option<bool>,
+    pub delay_ms: Option<u64>,
+    pub shards: Option<usize>,
+    pub password_file: Option<PathBuf>,
+    pub rsync_path: Option<PathBuf>,
+    pub rsync_args: Option<Vec<String>>,
+    pub batch_max: Option<usize>,
+    pub fanotify_queue: Option<QueueMode>,
+    pub drain_timeout_s: Option<u64>,
+}
+
+pub const DEFAULT_DELAY: Duration = Duration::from_millis(50);
+
+impl Settings {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; errors name `path` and the line.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                msg: e.message().to_string(),
+            }
+        })
+    }
+
+    /// Fills every field not set here from `lower` (the command line over the config file).
+    pub fn over(self, lower: Settings) -> Settings {
+        Settings {
+            source: self.source.or(lower.source),
+            targets: self.targets.or(lower.targets),
+            source_kind: self.source_kind.or(lower.source_kind),
+            initial_sync: self.initial_sync.or(lower.initial_sync),
+            delay_ms: self.delay_ms.or(lower.delay_ms),
+            shards: self.shards.or(lower.shards),
+            password_file: self.password_file.or(lower.password_file),
+            rsync_path: self.rsync_path.or(lower.rsync_path),
+            rsync_args: self.rsync_args.or(lower.rsync_args),
+            batch_max: self.batch_max.or(lower.batch_max),
+            fanotify_queue: self.fanotify_queue.or(lower.fanotify_queue),
+            drain_timeout_s: self.drain_timeout_s.or(lower.drain_timeout_s),
+        }
+    }
+
+    /// Validates and resolves the settings into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let source = self.source.ok_or(ConfigError::Invalid {
+            flag: "--source",
+            msg: "no source directory given (use --source DIR or `source` in the config)".into(),
+        })?;
+        let source = std::fs::canonicalize(&source).map_err(|e| ConfigError::Invalid {
+            flag: "--source",
+            msg: format!("{}: {e}", source.display()),
+        })?;
+        if !source.is_dir() {
+            return Err(ConfigError::Invalid {
+                flag: "--source",
+                msg: format!("{} is not a directory", source.display()),
+            });
+        }
+        let texts = self.targets.unwrap_or_default();
+        if texts.is_empty() {
+            return Err(ConfigError::Invalid {
+                flag: "--target",
+                msg: "at least one target is needed".into(),
+            });
+        }
+        let mut targets = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let target = Target::parse(text, self.password_file.as_deref())?;
+            if let TargetKind::Local(dir) = &target.kind {
+                check_local_target(&source, dir)?;
+            }
+            targets.push(target);
+        }
+        if let Some(pw) = &self.password_file {
+            if !pw.is_file() {
+                return Err(ConfigError::Invalid {
+                    flag: "--password-file",
+                    msg: format!("{} is not a readable file", pw.display()),
+                });
+            }
+        }
+        let delay =
+            Duration::from_millis(self.delay_ms.unwrap_or(DEFAULT_DELAY.as_millis() as u64));
+        if delay > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid {
+                flag: "--delay",
+                msg: "more than an hour; give milliseconds".into(),
+            });
+        }
+        let shards = self.shards.unwrap_or_else(default_shards);
+        if shards == 0 || shards > 256 {
+            return Err(ConfigError::Invalid {
+                flag: "--shards",
+                msg: format!("{shards} is out of range 1..=256"),
+            });
+        }
+        let batch_max = self.batch_max.unwrap_or(2000);
+        if batch_max == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "batch_max",
+                msg: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            source,
+            targets,
+            source_kind: self.source_kind.unwrap_or(SourceKind::Auto),
+            initial_sync: self.initial_sync.unwrap_or(true),
+            delay,
+            shards,
+            rsync: RsyncOptions {
+                program: self.rsync_path.unwrap_or_else(|| PathBuf::from("rsync")),
+                extra_args: self.rsync_args.unwrap_or_default(),
+                batch_max,
+                io_timeout_s: 120,
+            },
+            fanotify_queue: self.fanotify_queue.unwrap_or(QueueMode::Unlimited),
+            drain_timeout: Duration::from_secs(self.drain_timeout_s.unwrap_or(60)),
+        })
+    }
+}
+
+/// rsync waits on the network far more than on the CPU, so a few processes per core pay off.
+pub fn default_shards() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus * 2).clamp(2, 16)
+}
+
+/// A local target must not overlap the source, or syncer would copy its own output.
+fn check_local_target(source: &Path, dir: &Path) -> Result<(), ConfigError> {
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(dir))
+            .unwrap_or_else(|_| dir.to_path_buf())
+    };
+    // The target may not exist yet: canonicalize its closest existing ancestor.
+    let mut probe = abs.as_path();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match std::fs::canonicalize(probe) {
+            Ok(p) => break rest.iter().rev().fold(p, |acc: PathBuf, c| acc.join(c)),
+            Err(_) => match (probe.parent(), probe.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    probe = parent;
+                }
+                _ => break abs.clone(),
+            },
+        }
+    };
+    if resolved.starts_with(source) || source.starts_with(&resolved) {
+        return Err(ConfigError::Invalid {
+            flag: "--target",
+            msg: format!(
+                "{} overlaps the source {}: a target must lie outside the source tree and not contain it",
+                dir.display(),
+                source.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_errors_name_the_line() {
+        let text = "source = \"/x\"\n\ndelay_ms = \"soon\"\n";
+        let err = Settings::from_toml(text, Path::new("/etc/syncer.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/syncer.toml, line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::from_toml("sauce = 1\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn command_line_wins_over_file() {
+        let file = Settings {
+            delay_ms: Some(500),
+            shards: Some(3),
+            ..Settings::default()
+        };
+        let cli = Settings {
+            delay_ms: Some(10),
+            ..Settings::default()
+        };
+        let merged = cli.over(file);
+        assert_eq!(merged.delay_ms, Some(10));
+        assert_eq!(merged.shards, Some(3));
+    }
+
+    #[test]
+    fn validates_source_and_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let base = |targets: Vec<String>| Settings {
+            source: Some(src.clone()),
+            targets: Some(targets),
+            ..Settings::default()
+        };
+        let ok = base(vec![dir.path().join("dst").display().to_string()]);
+        assert!(ok.into_config().is_ok());
+        let inside = base(vec![src.join("copy").display().to_string()]);
+        assert!(inside
+            .into_config()
+            .unwrap_err()
+            .to_string()
+            .contains("overlaps"));
+        let none = base(vec![]);
+        assert!(none.into_config().is_err());
+        let missing = Settings {
+            source: Some(dir.path().join("nope")),
+            ..base(vec!["/tmp/x".into()])
+        };
+        let msg = missing.into_config().unwrap_err().to_string();
+        assert!(msg.contains("--source") && msg.contains("nope"), "{msg}");
+    }
+}

@@ -1,0 +1,599 @@
+//! The dedup map: one per target, at most one pending entry per path, latest state wins.
+//!
+//! Sources insert [`Change`]s from their own threads (the map is a sharded concurrent map, so
+//! inserts from the event thread never wait for the dispatcher); the target's dispatcher takes
+//! entries once they have been quiet for the coalescing delay. An entry taken for transfer stays
+//! in the map as *in flight*: new events for the path gather in a fresh pending state behind it,
+//! and [`DedupMap::complete`] either forgets the path or puts a failed transfer back for retry.
+//! So a path leaves the map only when a transfer of it succeeded.
+//!
+//! The coalescing rules are [`next_state`] (one event onto a pending state) and [`merge_retry`]
+//! (a failed transfer under newer events); the tests at the bottom are their table.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::change::{Change, ChangeKind};
+
+/// How a pending path is to be transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Bring the entry itself up to date (a directory without its contents). If the path is gone
+    /// from the source by then, this deletes it on the target.
+    Update,
+    /// The path was removed. Transferred like `Update` (rsync deletes what is missing); a
+    /// directory deletion also covers every pending path below it.
+    Delete,
+    /// Make the whole subtree identical, deleting extraneous files on the target.
+    Tree,
+    /// Make the directory and its immediate entries identical, without recursing (used by the
+    /// rescan planner for the directories above the subtrees it hands out).
+    Shallow,
+}
+
+/// The pending state of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub op: Op,
+    pub is_dir: bool,
+    /// The path did not exist on the target when this entry began (it was created here, and no
+    /// transfer of it was in flight), so a removal before any transfer may need none.
+    pub born: bool,
+    /// When the first event of this entry arrived.
+    pub first: Instant,
+    /// When the latest event of this entry arrived.
+    pub last: Instant,
+    /// When the entry may be transferred.
+    pub due: Instant,
+    /// Failed transfers so far.
+    pub attempts: u32,
+}
+
+impl Pending {
+    /// Whether a pending transfer of this entry makes every path below it up to date.
+    pub fn covers_subtree(&self) -> bool {
+        self.op == Op::Tree || (self.op == Op::Delete && self.is_dir)
+    }
+
+    /// A file created and removed again before any transfer could have copied it.
+    pub fn vanished(&self) -> bool {
+        self.op == Op::Delete && self.born && !self.is_dir
+    }
+}
+
+/// The coalescing rule: the `(op, born)` state after `kind` happens to a path whose pending
+/// state is `cur`. `inflight` tells whether a transfer of the path is running now.
+pub fn next_state(
+    cur: Option<(Op, bool)>,
+    kind: ChangeKind,
+    is_dir: bool,
+    inflight: bool,
+) -> (Op, bool) {
+    use ChangeKind::*;
+    let moved_in = if is_dir { Op::Tree } else { Op::Update };
+    match (cur, kind) {
+        (_, Rescan) => (Op::Tree, false),
+        (None, Created) => (Op::Update, !inflight),
+        (None, Modified) => (Op::Update, false),
+        (None, MovedIn) => (moved_in, false),
+        (None, Removed) => (Op::Delete, false),
+        (Some((op, born)), Removed) => (Op::Delete, born && op != Op::Tree),
+        // A rename over an existing name: whatever was there may be on the target.
+        (Some(_), MovedIn) => (moved_in, false),
+        // A directory removed and made again: the target may still hold the old contents.
+        (Some((Op::Delete, false)), Created | Modified) if is_dir => (Op::Tree, false),
+        (Some((Op::Delete, born)), Created | Modified) => (Op::Update, born),
+        (Some((op, born)), Created | Modified) => (op, born),
+    }
+}
+
+/// A failed transfer of `old` goes back under the `newer` events that arrived meanwhile.
+pub fn merge_retry(old: &Pending, newer: Option<Pending>) -> Pending {
+    let Some(newer) = newer else {
+        return old.clone();
+    };
+    let op = match (old.op, newer.op) {
+        (Op::Tree, _) | (_, Op::Tree) => Op::Tree,
+        (Op::Delete, Op::Update) if old.is_dir && newer.is_dir => Op::Tree,
+        (Op::Shallow, Op::Update | Op::Shallow) => Op::Shallow,
+        (_, op) => op,
+    };
+    Pending {
+        op,
+        is_dir: newer.is_dir,
+        born: false,
+        first: old.first.min(newer.first),
+        last: old.last.max(newer.last),
+        due: old.due.max(newer.due),
+        attempts: old.attempts,
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    pending: Option<Pending>,
+    inflight: bool,
+    /// When the in-flight transfer was taken, if it covers the subtree: it reads the source
+    /// after that moment, so it also covers descendants' changes seen before it.
+    covering_since: Option<Instant>,
+}
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            pending: None,
+            inflight: false,
+            covering_since: None,
+        }
+    }
+}
+
+/// An entry handed to the dispatcher.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub path: Arc<Path>,
+    pub pending: Pending,
+}
+
+type Timer = Reverse<(Instant, Arc<Path>)>;
+
+/// The concurrent coalescing queue of one target.
+pub struct DedupMap {
+    slots: DashMap<Arc<Path>, Slot, hashbrown::DefaultHashBuilder>,
+    /// Due times of pending entries; stale ones are checked against the slot when popped.
+    timers: Mutex<BinaryHeap<Timer>>,
+    delay: Duration,
+    max_wait: Duration,
+    /// Pending entries whose transfer covers their subtree (see [`Pending::covers_subtree`]).
+    covering: AtomicUsize,
+    /// In-flight transfers that cover their subtree.
+    covering_inflight: AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+impl DedupMap {
+    /// `delay`: quiet time before a path is transferred; a path that keeps changing is
+    /// transferred at the latest ten delays after its first event.
+    pub fn new(delay: Duration) -> DedupMap {
+        DedupMap {
+            slots: DashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
+            timers: Mutex::new(BinaryHeap::new()),
+            delay,
+            max_wait: delay * 10,
+            covering: AtomicUsize::new(0),
+            covering_inflight: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Records changes seen at `now` and wakes the dispatcher.
+    pub fn insert_all(&self, changes: &[Change], now: Instant) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut timers = self.timers.lock().expect("timer lock");
+        for c in changes {
+            self.insert_one(c, now, &mut timers);
+        }
+        drop(timers);
+        self.wake.notify_one();
+    }
+
+    fn insert_one(&self, c: &Change, now: Instant, timers: &mut BinaryHeap<Timer>) {
+        let mut slot = match self.slots.get_mut(c.path.as_path()) {
+            Some(slot) => slot,
+            None => self
+                .slots
+                .entry(Arc::from(c.path.as_path()))
+                .or_insert_with(Slot::empty),
+        };
+        let key = slot.key().clone();
+        let inflight = slot.inflight;
+        let cur = slot.pending.as_ref().map(|p| (p.op, p.born));
+        let (op, born) = next_state(cur, c.kind, c.is_dir, inflight);
+        let pending = match slot.pending.take() {
+            Some(mut p) => {
+                self.uncount(&p);
+                p.op = op;
+                p.born = born;
+                p.is_dir = c.is_dir;
+                p.due = (now + self.delay).min(p.first + self.max_wait).max(p.due);
+                p.last = now;
+                p
+            }
+            None => {
+                let p = Pending {
+                    op,
+                    is_dir: c.is_dir,
+                    born,
+                    first: now,
+                    last: now,
+                    due: now + self.delay,
+                    attempts: 0,
+                };
+                if !inflight {
+                    timers.push(Reverse((p.due, key)));
+                }
+                p
+            }
+        };
+        self.count(&pending);
+        slot.pending = Some(pending);
+    }
+
+    /// Schedules `op` on `path` directly (the rescan planner's `Tree` and `Shallow` requests),
+    /// due at `due`.
+    pub fn schedule(&self, path: &Path, op: Op, due: Instant) {
+        let mut timers = self.timers.lock().expect("timer lock");
+        let mut slot = self
+            .slots
+            .entry(Arc::from(path))
+            .or_insert_with(Slot::empty);
+        let key = slot.key().clone();
+        let request = Pending {
+            op,
+            is_dir: true,
+            born: false,
+            first: due,
+            last: due,
+            due,
+            attempts: 0,
+        };
+        let merged = match slot.pending.take() {
+            Some(cur) => {
+                self.uncount(&cur);
+                let mut m = merge_retry(&cur, Some(request));
+                m.due = cur.due.min(due);
+                m
+            }
+            None => request,
+        };
+        if !slot.inflight {
+            timers.push(Reverse((merged.due, key)));
+        }
+        self.count(&merged);
+        slot.pending = Some(merged);
+        drop(slot);
+        drop(timers);
+        self.wake.notify_one();
+    }
+
+    fn count(&self, p: &Pending) {
+        if p.covers_subtree() {
+            self.covering.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn uncount(&self, p: &Pending) {
+        if p.covers_subtree() {
+            self.covering.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes up to `max` entries that are due at `now` (all pending entries when `drain`),
+    /// marking them in flight. Entries made redundant by a pending transfer of an ancestor that
+    /// covers them are dropped here.
+    pub fn take_due(&self, now: Instant, max: usize, drain: bool) -> Vec<Taken> {
+        let mut out = Vec::new();
+        let mut timers = self.timers.lock().expect("timer lock");
+        let mut later = Vec::new();
+        while out.len() < max {
+            let Some(Reverse((due, path))) = timers.peek().cloned() else {
+                break;
+            };
+            if due > now && !drain {
+                break;
+            }
+            timers.pop();
+            let last = match self.slots.get(&path) {
+                Some(s) if !s.inflight => s.pending.as_ref().map(|p| p.last),
+                _ => None,
+            };
+            let Some(last) = last else {
+                continue; // gone, or in flight (complete() re-arms it)
+            };
+            let covered = self.covered_by_ancestor(&path, last);
+            let Some(mut slot) = self.slots.get_mut(&path) else {
+                continue;
+            };
+            if slot.inflight {
+                continue; // complete() re-arms it
+            }
+            let Some(p) = slot.pending.as_ref() else {
+                continue;
+            };
+            if p.due > now && !drain {
+                later.push(Reverse((p.due, path.clone())));
+                continue;
+            }
+            let p = slot.pending.take().expect("checked above");
+            self.uncount(&p);
+            if covered {
+                drop(slot);
+                self.slots
+                    .remove_if(&path, |_, s| s.pending.is_none() && !s.inflight);
+                continue;
+            }
+            slot.inflight = true;
+            if p.covers_subtree() {
+                slot.covering_since = Some(now);
+                self.covering_inflight.fetch_add(1, Ordering::Relaxed);
+            }
+            out.push(Taken {
+                path: path.clone(),
+                pending: p,
+            });
+        }
+        timers.extend(later);
+        out
+    }
+
+    /// Whether a transfer of an ancestor will copy the state of `path` as of after `last`:
+    /// a pending one that covers its subtree, or an in-flight one taken after `last`.
+    fn covered_by_ancestor(&self, path: &Path, last: Instant) -> bool {
+        if self.covering.load(Ordering::Relaxed) == 0
+            && self.covering_inflight.load(Ordering::Relaxed) == 0
+        {
+            return false;
+        }
+        path.ancestors().skip(1).any(|a| {
+            self.slots.get(a).is_some_and(|s| {
+                s.pending.as_ref().is_some_and(Pending::covers_subtree)
+                    || s.covering_since.is_some_and(|since| since >= last)
+            })
+        })
+    }
+
+    /// Ends the transfer of `path`. `retry`: the transfer failed; the entry comes back at
+    /// `retry.due`, merged under any newer events.
+    pub fn complete(&self, path: &Path, retry: Option<Pending>) {
+        let mut timers = self.timers.lock().expect("timer lock");
+        let Some(mut slot) = self.slots.get_mut(path) else {
+            return;
+        };
+        slot.inflight = false;
+        if slot.covering_since.take().is_some() {
+            self.covering_inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(failed) = retry {
+            let newer = slot.pending.take();
+            if let Some(n) = &newer {
+                self.uncount(n);
+            }
+            let merged = merge_retry(&failed, newer);
+            self.count(&merged);
+            slot.pending = Some(merged);
+        }
+        match &slot.pending {
+            Some(p) => {
+                timers.push(Reverse((p.due, slot.key().clone())));
+                drop(slot);
+                drop(timers);
+                self.wake.notify_one();
+            }
+            None => {
+                drop(slot);
+                self.slots
+                    .remove_if(path, |_, s| s.pending.is_none() && !s.inflight);
+            }
+        }
+    }
+
+    /// The earliest time an entry may become due, if any is pending.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.timers
+            .lock()
+            .expect("timer lock")
+            .peek()
+            .map(|Reverse((t, _))| *t)
+    }
+
+    /// Waits until something is inserted or completed.
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+
+    /// Wakes the dispatcher (shutdown).
+    pub fn wake(&self) {
+        self.wake.notify_one()
+    }
+
+    /// Paths pending or in flight.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ChangeKind::*;
+
+    /// What the dispatcher will transfer for a path after a sequence of events.
+    fn outcome(events: &[(ChangeKind, bool)], inflight_at_start: bool) -> &'static str {
+        let mut state = None;
+        for (i, &(kind, is_dir)) in events.iter().enumerate() {
+            state = Some(next_state(state, kind, is_dir, inflight_at_start && i == 0));
+        }
+        let is_dir = events.last().map(|e| e.1).unwrap_or(false);
+        match state {
+            None => "nothing",
+            Some((Op::Delete, true)) if !is_dir => "nothing (vanished)",
+            Some((Op::Delete, _)) => "delete",
+            Some((Op::Update, _)) => "update",
+            Some((Op::Tree, _)) => "tree",
+            Some((Op::Shallow, _)) => "shallow",
+        }
+    }
+
+    /// (name, events as (kind, is_dir), in flight when the first event came, outcome)
+    type Case = (
+        &'static str,
+        &'static [(ChangeKind, bool)],
+        bool,
+        &'static str,
+    );
+
+    #[test]
+    fn coalescing_rules() {
+        const F: bool = false;
+        const D: bool = true;
+        #[rustfmt::skip]
+        let table: &[Case] = &[
+            ("many writes become one transfer", &[(Created, F), (Modified, F), (Modified, F), (Modified, F)], false, "update"),
+            ("rewrite of an existing file", &[(Modified, F), (Modified, F)], false, "update"),
+            ("create then delete transfers nothing", &[(Created, F), (Modified, F), (Removed, F)], false, "nothing (vanished)"),
+            ("create then delete while a copy is in flight", &[(Created, F), (Removed, F)], true, "delete"),
+            ("delete then create replaces", &[(Removed, F), (Created, F)], false, "update"),
+            ("modify then delete deletes", &[(Modified, F), (Removed, F)], false, "delete"),
+            ("rename over an existing file, then delete", &[(MovedIn, F), (Removed, F)], false, "delete"),
+            ("created, deleted, created again", &[(Created, F), (Removed, F), (Created, F)], false, "update"),
+            ("mkdir", &[(Created, D)], false, "update"),
+            ("mkdir then rmdir still deletes (children may have gone out)", &[(Created, D), (Removed, D)], false, "delete"),
+            ("directory deleted and recreated", &[(Removed, D), (Created, D)], false, "tree"),
+            ("directory renamed in", &[(MovedIn, D)], false, "tree"),
+            ("directory renamed away", &[(Modified, D), (Removed, D)], false, "delete"),
+            ("swap chain: a->tmp, b->a", &[(Removed, D), (MovedIn, D)], false, "tree"),
+            ("rescan wins over updates", &[(Modified, F), (Rescan, D)], false, "tree"),
+            ("tree then removed deletes", &[(MovedIn, D), (Removed, D)], false, "delete"),
+            ("tree absorbs later updates", &[(MovedIn, D), (Modified, D)], false, "tree"),
+            ("attribute change of a directory", &[(Modified, D)], false, "update"),
+        ];
+        for (name, events, inflight, want) in table {
+            assert_eq!(outcome(events, *inflight), *want, "{name}");
+        }
+    }
+
+    fn map() -> (DedupMap, Instant) {
+        (DedupMap::new(Duration::from_millis(50)), Instant::now())
+    }
+
+    fn ch(path: &str, kind: ChangeKind, is_dir: bool) -> Change {
+        Change::new(path, kind, is_dir)
+    }
+
+    fn paths(taken: &[Taken]) -> Vec<String> {
+        let mut v: Vec<_> = taken.iter().map(|t| t.path.display().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn entries_wait_for_the_delay_and_coalesce() {
+        let (m, t0) = map();
+        m.insert_all(&[ch("a", Created, false), ch("a", Modified, false)], t0);
+        assert!(m
+            .take_due(t0 + Duration::from_millis(10), 100, false)
+            .is_empty());
+        m.insert_all(&[ch("a", Modified, false)], t0 + Duration::from_millis(40));
+        // Debounced: the last event moved the due time.
+        assert!(m
+            .take_due(t0 + Duration::from_millis(60), 100, false)
+            .is_empty());
+        let got = m.take_due(t0 + Duration::from_millis(95), 100, false);
+        assert_eq!(paths(&got), ["a"]);
+        assert_eq!(got[0].pending.op, Op::Update);
+        m.complete(Path::new("a"), None);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_busy_file_is_sent_within_max_wait() {
+        let (m, t0) = map();
+        for i in 0..100u64 {
+            m.insert_all(
+                &[ch("log", Modified, false)],
+                t0 + Duration::from_millis(i * 10),
+            );
+        }
+        let got = m.take_due(t0 + Duration::from_millis(500), 10, false);
+        assert_eq!(paths(&got), ["log"]);
+    }
+
+    #[test]
+    fn deleted_directory_subsumes_children() {
+        let (m, t0) = map();
+        m.insert_all(
+            &[
+                ch("d/x", Modified, false),
+                ch("d/sub/y", Created, false),
+                ch("d", Removed, true),
+                ch("other", Modified, false),
+            ],
+            t0,
+        );
+        let got = m.take_due(t0 + Duration::from_secs(1), 100, false);
+        assert_eq!(paths(&got), ["d", "other"]);
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn events_during_a_transfer_queue_behind_it() {
+        let (m, t0) = map();
+        m.insert_all(&[ch("f", Created, false)], t0);
+        let got = m.take_due(t0 + Duration::from_secs(1), 10, false);
+        assert_eq!(got.len(), 1);
+        // Removed while the copy is in flight: must still be deleted afterwards.
+        m.insert_all(&[ch("f", Removed, false)], t0 + Duration::from_secs(1));
+        assert!(
+            m.take_due(t0 + Duration::from_secs(5), 10, false)
+                .is_empty(),
+            "in flight"
+        );
+        m.complete(Path::new("f"), None);
+        let got = m.take_due(t0 + Duration::from_secs(5), 10, false);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].pending.op, Op::Delete);
+        assert!(!got[0].pending.vanished());
+    }
+
+    #[test]
+    fn failed_transfers_come_back_under_newer_events() {
+        let (m, t0) = map();
+        m.insert_all(&[ch("d", Removed, true)], t0);
+        let got = m.take_due(t0 + Duration::from_secs(1), 10, false);
+        m.insert_all(&[ch("d", Created, true)], t0 + Duration::from_secs(1));
+        let mut failed = got[0].pending.clone();
+        failed.attempts += 1;
+        failed.due = t0 + Duration::from_secs(3);
+        m.complete(Path::new("d"), Some(failed));
+        assert!(
+            m.take_due(t0 + Duration::from_secs(2), 10, false)
+                .is_empty(),
+            "backoff"
+        );
+        let got = m.take_due(t0 + Duration::from_secs(3), 10, false);
+        assert_eq!(
+            got[0].pending.op,
+            Op::Tree,
+            "old contents must go: whole tree"
+        );
+        assert_eq!(got[0].pending.attempts, 1);
+    }
+
+    #[test]
+    fn drain_ignores_the_delay() {
+        let (m, t0) = map();
+        m.insert_all(&[ch("a", Created, false), ch("b", Created, false)], t0);
+        assert_eq!(m.take_due(t0, 10, true).len(), 2);
+    }
+
+    #[test]
+    fn schedule_upgrades_pending_entries() {
+        let (m, t0) = map();
+        m.insert_all(&[ch("d", Modified, true)], t0);
+        m.schedule(Path::new("d"), Op::Tree, t0);
+        let got = m.take_due(t0 + Duration::from_millis(1), 10, false);
+        assert_eq!(got[0].pending.op, Op::Tree);
+    }
+}

@@ -1,0 +1,196 @@
+//! How one batch becomes one rsync invocation, and what rsync's exit code means.
+//!
+//! Every call is `rsync -a --from0 --files-from=- ... SOURCE/ DEST/` fed a NUL-separated list of
+//! paths relative to the source root on stdin, so that any byte may appear in a name.
+//! `--files-from` implies `--relative`, and rsync also sends the implied parent directories with
+//! their attributes, which keeps directory modes and mtimes right on the target.
+//! `--delete-missing-args` turns a listed path that no longer exists into a deletion on the
+//! target, and `--force` lets that deletion remove a non-empty directory (without it rsync only
+//! warns and still exits 0).
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::config::RsyncOptions;
+use crate::dedup::Op;
+use crate::target::Target;
+
+/// Which kind of rsync call a batch needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchKind {
+    /// Entries without recursion: files, symlinks, a directory's own attributes, deletions.
+    Plain,
+    /// Whole subtrees, with deletion of extraneous files.
+    Tree,
+    /// Directories with their immediate entries, with deletion of extraneous entries.
+    Shallow,
+}
+
+impl BatchKind {
+    pub fn of(op: Op) -> BatchKind {
+        match op {
+            Op::Update | Op::Delete => BatchKind::Plain,
+            Op::Tree => BatchKind::Tree,
+            Op::Shallow => BatchKind::Shallow,
+        }
+    }
+}
+
+/// The argument vector (without the program) for a batch of `kind` from `source` to `target`.
+pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target) -> Vec<OsString> {
+    let mut a: Vec<OsString> = [
+        "-a",
+        "--numeric-ids",
+        "--from0",
+        "--files-from=-",
+        "--delete-missing-args",
+        "--force",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    match kind {
+        BatchKind::Plain => {}
+        BatchKind::Tree => {
+            a.push("-r".into());
+            a.push("--delete".into());
+        }
+        BatchKind::Shallow => {
+            a.push("-d".into());
+            a.push("--delete".into());
+        }
+    }
+    a.push(format!("--timeout={}", opts.io_timeout_s).into());
+    if target.is_daemon() {
+        // Without TCP_NODELAY the client waits on delayed ACKs several times per session.
+        a.push("--sockopts=TCP_NODELAY".into());
+        a.push("--contimeout=10".into());
+    }
+    if let Some(pw) = &target.password_file {
+        let mut o = OsString::from("--password-file=");
+        o.push(pw);
+        a.push(o);
+    }
+    a.extend(opts.extra_args.iter().map(OsString::from));
+    let mut src = source.as_os_str().to_os_string();
+    src.push("/");
+    a.push(src);
+    a.push(target.rsync_dest().into());
+    a
+}
+
+/// Appends one path to a `--from0` list. The source root is written as `.`; a `Shallow` entry
+/// gets a trailing `/` so that rsync sends its immediate contents.
+pub fn push_entry(list: &mut Vec<u8>, path: &Path, kind: BatchKind) {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        list.push(b'.');
+    } else {
+        list.extend_from_slice(bytes);
+    }
+    if kind == BatchKind::Shallow {
+        list.push(b'/');
+    }
+    list.push(0);
+}
+
+/// What an rsync exit status means for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything listed is on the target.
+    Done,
+    /// Some files vanished while being sent (exit 24): their removal events follow, so the
+    /// batch counts as done.
+    Vanished,
+    /// Some files could not be transferred (exit 23, 25): retry the batch, in smaller pieces.
+    Partial,
+    /// The target could not be reached or the connection broke: the target is down; retry the
+    /// same batch once it is back.
+    TargetDown,
+    /// rsync refused the call (usage, protocol, unsupported option) or could not run: retry
+    /// with a long backoff, loudly.
+    Fatal,
+}
+
+impl Outcome {
+    /// Classifies an exit code (None: killed by a signal).
+    pub fn from_exit(code: Option<i32>) -> Outcome {
+        match code {
+            Some(0) => Outcome::Done,
+            Some(24) => Outcome::Vanished,
+            Some(23 | 25) => Outcome::Partial,
+            // 5: error starting client-server protocol (includes "unknown module" and auth),
+            // 10: socket I/O, 11: file I/O, 12: protocol data stream, 14: IPC, 20: signal,
+            // 21: waitpid, 22: memory, 30: timeout, 35: connect timeout, 255: ssh failed.
+            Some(5 | 10 | 11 | 12 | 14 | 20 | 21 | 22 | 30 | 35 | 255) | None => {
+                Outcome::TargetDown
+            }
+            // 1: syntax, 2: protocol incompatibility, 3: file selection errors, 4: unsupported
+            // action, 6: daemon unable to append to log, 13: program diagnostics.
+            Some(_) => Outcome::Fatal,
+        }
+    }
+
+    pub fn succeeded(self) -> bool {
+        matches!(self, Outcome::Done | Outcome::Vanished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn exit_codes() {
+        let table = [
+            (Some(0), Outcome::Done),
+            (Some(24), Outcome::Vanished),
+            (Some(23), Outcome::Partial),
+            (Some(10), Outcome::TargetDown),
+            (Some(5), Outcome::TargetDown),
+            (Some(255), Outcome::TargetDown),
+            (None, Outcome::TargetDown),
+            (Some(1), Outcome::Fatal),
+            (Some(2), Outcome::Fatal),
+        ];
+        for (code, want) in table {
+            assert_eq!(Outcome::from_exit(code), want, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn lists_are_nul_separated_and_root_is_dot() {
+        let mut l = Vec::new();
+        push_entry(&mut l, Path::new(""), BatchKind::Plain);
+        push_entry(&mut l, Path::new("a\nb"), BatchKind::Plain);
+        push_entry(&mut l, Path::new("d"), BatchKind::Shallow);
+        assert_eq!(l, b".\0a\nb\0d/\0");
+    }
+
+    #[test]
+    fn daemon_targets_get_nodelay_and_password() {
+        let opts = RsyncOptions {
+            program: PathBuf::from("rsync"),
+            extra_args: vec!["-H".into()],
+            batch_max: 10,
+            io_timeout_s: 60,
+        };
+        let t = Target::parse("rsync://h:1/m", Some(Path::new("/pw"))).unwrap();
+        let a = args(&opts, BatchKind::Tree, Path::new("/src"), &t);
+        let s: Vec<_> = a.iter().map(|x| x.to_string_lossy().into_owned()).collect();
+        for want in [
+            "-r",
+            "--delete",
+            "--sockopts=TCP_NODELAY",
+            "--password-file=/pw",
+            "-H",
+            "/src/",
+            "rsync://h:1/m/",
+        ] {
+            assert!(s.iter().any(|x| x == want), "{want} missing from {s:?}");
+        }
+        assert_eq!(s.last().unwrap(), "rsync://h:1/m/");
+    }
+}

@@ -1,0 +1,366 @@
+//! The fanotify source: one filesystem mark on the filesystem holding the source tree, with
+//! directory file handles and names in every record (`FAN_REPORT_DFID_NAME`). No per-directory
+//! watches, so start-up takes the same time on any tree size.
+//!
+//! Records are resolved to paths through [`resolve::Resolver`]; records outside the source tree
+//! (the mark covers the whole filesystem, including any local target on it) are dropped there,
+//! so syncer never reacts to its own writes. `FAN_Q_OVERFLOW`, a malformed buffer or a record
+//! whose directory cannot be resolved for any reason but its deletion becomes a rescan of the
+//! whole source tree.
+
+pub mod parse;
+pub mod resolve;
+pub mod sys;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tracing::{debug, info, warn};
+
+use self::parse::{Event, Record};
+use self::resolve::{Resolved, Resolver};
+use self::sys::*;
+use super::{Sink, SourceConfig, SourceError, SourceStats};
+use crate::change::{entry_changes, Change, ChangeKind};
+use crate::config::QueueMode;
+
+/// Dir-handle cache entries before the cache starts over.
+const CACHE_CAPACITY: usize = 1 << 18;
+
+/// What the kernel granted.
+#[derive(Debug, Clone, Copy)]
+pub struct Features {
+    pub init_flags: u32,
+    pub rename: bool,
+    pub unlimited: bool,
+}
+
+/// Opens a fanotify group with the richest reporting this kernel allows.
+pub fn open(queue: QueueMode) -> Result<(OwnedFd, Features), SourceError> {
+    let base = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK;
+    let queue_flag = match queue {
+        QueueMode::Unlimited => FAN_UNLIMITED_QUEUE,
+        QueueMode::Bounded => 0,
+    };
+    let reports = [
+        FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID,
+        FAN_REPORT_DFID_NAME | FAN_REPORT_FID,
+        FAN_REPORT_DFID_NAME,
+    ];
+    let mut last = None;
+    for report in reports {
+        match init(
+            base | queue_flag | report,
+            (libc::O_RDONLY | libc::O_LARGEFILE) as u32,
+        ) {
+            Ok(fd) => {
+                return Ok((
+                    fd,
+                    Features {
+                        init_flags: report,
+                        rename: false,
+                        unlimited: queue_flag != 0,
+                    },
+                ))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(SourceError::NotPermitted {
+                    kind: "fanotify",
+                    what: "CAP_SYS_ADMIN",
+                    source: e,
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(SourceError::Unsupported {
+        kind: "fanotify",
+        why: format!(
+            "fanotify_init with FAN_REPORT_DFID_NAME failed ({}); needs Linux 5.9 or later",
+            last.expect("tried at least once")
+        ),
+    })
+}
+
+const BASE_MASK: u64 =
+    FAN_CREATE | FAN_DELETE | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB | FAN_ONDIR;
+
+/// Adds the filesystem mark for `path`, with `FAN_RENAME` where the kernel has it.
+pub fn mark_filesystem(
+    fd: &OwnedFd,
+    path: &Path,
+    features: &mut Features,
+) -> Result<(), SourceError> {
+    let flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM;
+    let io = |e: std::io::Error| {
+        match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => SourceError::NotPermitted {
+            kind: "fanotify",
+            what: "CAP_SYS_ADMIN for a filesystem mark",
+            source: e,
+        },
+        Some(libc::EXDEV) | Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => SourceError::Unsupported {
+            kind: "fanotify",
+            why: format!(
+                "cannot mark the filesystem holding {} ({e}): it does not support file handles or is a sub-volume",
+                path.display()
+            ),
+        },
+        _ => SourceError::Io {
+            what: format!("fanotify_mark {}", path.display()),
+            source: e,
+        },
+    }
+    };
+    if features.init_flags & FAN_REPORT_FID != 0 {
+        match mark(fd.as_fd(), flags, BASE_MASK | FAN_RENAME, path) {
+            Ok(()) => {
+                features.rename = true;
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    mark(
+        fd.as_fd(),
+        flags,
+        BASE_MASK | FAN_MOVED_FROM | FAN_MOVED_TO,
+        path,
+    )
+    .map_err(io)
+}
+
+/// Starts the fanotify source thread.
+pub fn start(
+    cfg: &SourceConfig,
+    sink: Sink,
+    stop: Arc<AtomicBool>,
+    stats: Arc<SourceStats>,
+) -> Result<JoinHandle<()>, SourceError> {
+    let (fd, mut features) = open(cfg.queue)?;
+    mark_filesystem(&fd, &cfg.root, &mut features)?;
+    let mount_fd: OwnedFd = std::fs::File::open(&cfg.root)
+        .map_err(|e| SourceError::Io {
+            what: format!("open {}", cfg.root.display()),
+            source: e,
+        })?
+        .into();
+    let resolver = Resolver::new(cfg.root.clone(), mount_fd, CACHE_CAPACITY);
+    info!(
+        root = %cfg.root.display(),
+        rename = features.rename,
+        target_fid = features.init_flags & FAN_REPORT_TARGET_FID != 0,
+        unlimited_queue = features.unlimited,
+        "event source live: fanotify filesystem mark"
+    );
+    let mut reader = Reader {
+        fd,
+        resolver,
+        sink,
+        stats,
+        out: Vec::with_capacity(1024),
+    };
+    std::thread::Builder::new()
+        .name("fanotify".into())
+        .spawn(move || reader.run(&stop))
+        .map_err(|e| SourceError::Io {
+            what: "spawn fanotify thread".into(),
+            source: e,
+        })
+}
+
+struct Reader {
+    fd: OwnedFd,
+    resolver: Resolver,
+    sink: Sink,
+    stats: Arc<SourceStats>,
+    out: Vec<Change>,
+}
+
+/// Read buffer size; the kernel fills it with as many whole events as fit.
+const BUF_LEN: usize = 256 * 1024;
+
+impl Reader {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; BUF_LEN];
+        while !stop.load(Ordering::Relaxed) {
+            match poll_in(self.fd.as_fd(), 200) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    warn!("fanotify poll failed: {e}; rescanning");
+                    self.rescan("poll error");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    continue;
+                }
+            }
+            loop {
+                let n = match read(self.fd.as_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!("fanotify read failed: {e}; rescanning");
+                        self.rescan("read error");
+                        break;
+                    }
+                };
+                self.handle_buffer(&buf[..n]);
+                self.sink.push(&self.out);
+                self.out.clear();
+            }
+        }
+        debug!("fanotify source stopped");
+    }
+
+    fn rescan(&mut self, why: &str) {
+        self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+        debug!("rescan of the whole tree: {why}");
+        self.out.push(Change::rescan(""));
+    }
+
+    fn handle_buffer(&mut self, buf: &[u8]) {
+        let events = match parse::parse(buf) {
+            Ok(evs) => evs,
+            Err(e) => {
+                warn!("{e}; rescanning the whole tree");
+                self.rescan("parse error");
+                return;
+            }
+        };
+        self.stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        for ev in &events {
+            self.handle_event(ev);
+        }
+    }
+
+    fn handle_event(&mut self, ev: &Event<'_>) {
+        if ev.mask & FAN_Q_OVERFLOW != 0 {
+            warn!("fanotify queue overflow: events were lost; rescanning the whole tree");
+            self.resolver.invalidate_all();
+            self.rescan("queue overflow");
+            return;
+        }
+        if ev.mask & FAN_FS_ERROR != 0 {
+            return;
+        }
+        let is_dir = ev.mask & FAN_ONDIR != 0;
+        if is_dir && ev.mask & (FAN_MOVED_FROM | FAN_MOVED_TO | FAN_RENAME | FAN_MOVE_SELF) != 0 {
+            // Every cached path below the renamed directory is stale from here on.
+            self.resolver.invalidate_all();
+        }
+        if is_dir && ev.mask & (FAN_DELETE | FAN_DELETE_SELF) != 0 {
+            if let Some(fid) = ev
+                .records
+                .iter()
+                .find(|r| r.info_type == FAN_EVENT_INFO_TYPE_FID)
+            {
+                self.resolver.forget(fid.handle);
+            }
+        }
+        for rec in &ev.records {
+            let mask = match rec.info_type {
+                FAN_EVENT_INFO_TYPE_OLD_DFID_NAME => FAN_MOVED_FROM,
+                FAN_EVENT_INFO_TYPE_NEW_DFID_NAME => FAN_MOVED_TO,
+                FAN_EVENT_INFO_TYPE_DFID_NAME | FAN_EVENT_INFO_TYPE_DFID => ev.mask & !FAN_RENAME,
+                _ => continue,
+            };
+            self.handle_record(rec, mask, is_dir);
+        }
+    }
+
+    fn handle_record(&mut self, rec: &Record<'_>, mask: u64, is_dir: bool) {
+        let path = match self.resolver.entry(rec.handle, rec.name) {
+            Ok(Ok(p)) => p,
+            Ok(Err(Resolved::Outside)) => return,
+            Ok(Err(_gone)) => {
+                // The directory was deleted since: its own removal event (in a live parent)
+                // follows in the queue and covers this entry.
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                warn!("cannot resolve a directory handle ({e}); rescanning the whole tree");
+                self.rescan("unresolvable handle");
+                return;
+            }
+        };
+        changes_for(mask, &path, is_dir, &mut self.out);
+    }
+}
+
+/// The changes one record stands for. Several bits may be merged into one record by the
+/// kernel, in an order it does not tell; a removal together with an appearance is reported as
+/// both (removal first), which makes the target follow whatever the source holds now.
+pub fn changes_for(mask: u64, path: &Path, is_dir: bool, out: &mut Vec<Change>) {
+    let removed = mask & (FAN_DELETE | FAN_MOVED_FROM) != 0;
+    let appeared = mask & (FAN_CREATE | FAN_MOVED_TO) != 0;
+    let at_root = path.as_os_str().is_empty();
+    if removed && !at_root {
+        entry_changes(path, ChangeKind::Removed, is_dir, out);
+    }
+    if appeared && !at_root {
+        let kind = if removed || mask & FAN_MOVED_TO != 0 {
+            ChangeKind::MovedIn
+        } else {
+            ChangeKind::Created
+        };
+        entry_changes(path, kind, is_dir, out);
+    }
+    if mask & (FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB) != 0 {
+        out.push(Change::new(path, ChangeKind::Modified, is_dir));
+    }
+    if at_root && (removed || appeared) {
+        // The source root itself was removed or replaced: compare everything.
+        out.push(Change::rescan(""));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn kinds(mask: u64, is_dir: bool) -> Vec<(String, ChangeKind)> {
+        let mut out = Vec::new();
+        changes_for(mask, Path::new("d/f"), is_dir, &mut out);
+        out.into_iter()
+            .map(|c| (c.path.display().to_string(), c.kind))
+            .collect()
+    }
+
+    #[test]
+    fn record_masks_to_changes() {
+        use ChangeKind::*;
+        let s = |p: &str, k| (p.to_string(), k);
+        assert_eq!(
+            kinds(FAN_CREATE, false),
+            [s("d/f", Created), s("d", Modified)]
+        );
+        assert_eq!(
+            kinds(FAN_CLOSE_WRITE | FAN_MODIFY, false),
+            [s("d/f", Modified)]
+        );
+        assert_eq!(
+            kinds(FAN_MOVED_TO | FAN_ONDIR, true),
+            [s("d/f", MovedIn), s("d", Modified)]
+        );
+        assert_eq!(
+            kinds(FAN_CREATE | FAN_DELETE, false),
+            [
+                s("d/f", Removed),
+                s("d", Modified),
+                s("d/f", MovedIn),
+                s("d", Modified)
+            ]
+        );
+        let mut out = Vec::new();
+        changes_for(FAN_ATTRIB | FAN_ONDIR, &PathBuf::new(), true, &mut out);
+        assert_eq!(out, [Change::new("", Modified, true)]);
+    }
+}

@@ -1,0 +1,256 @@
+//! The inotify source: the unprivileged fallback. It needs one watch per directory, so start-up
+//! walks the whole tree and large trees can hit `fs.inotify.max_user_watches`; that limit is
+//! reported as an error naming the sysctl, never ignored.
+//!
+//! Races of a per-directory scheme are closed by transferring a new directory as a whole
+//! subtree (files created in it before its watch existed are included), and `IN_Q_OVERFLOW`
+//! becomes a rescan of the whole tree (with watches re-added).
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
+use tracing::{debug, info, warn};
+
+use super::{Sink, SourceConfig, SourceError, SourceStats};
+use crate::change::{entry_changes, Change, ChangeKind};
+
+fn watch_flags() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR
+        | AddWatchFlags::IN_DONT_FOLLOW
+}
+
+struct Watches {
+    fd: Inotify,
+    root: PathBuf,
+    by_wd: HashMap<WatchDescriptor, PathBuf>,
+}
+
+impl Watches {
+    /// Watches `rel` and every directory below it. Returns how many directories failed for a
+    /// reason other than disappearing meanwhile.
+    fn add_tree(&mut self, rel: &Path) -> Result<(), SourceError> {
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let abs = self.root.join(&dir);
+            match self.fd.add_watch(&abs, watch_flags()) {
+                Ok(wd) => {
+                    self.by_wd.insert(wd, dir.clone());
+                }
+                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => continue,
+                Err(Errno::ENOSPC) => {
+                    let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                        .unwrap_or_default();
+                    return Err(SourceError::Unsupported {
+                        kind: "inotify",
+                        why: format!(
+                            "watch limit reached at {} (fs.inotify.max_user_watches = {}); raise it or run as root with --source-kind fanotify",
+                            abs.display(),
+                            limit.trim()
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(SourceError::Io {
+                        what: format!("inotify_add_watch {}", abs.display()),
+                        source: e.into(),
+                    })
+                }
+            }
+            let Ok(rd) = std::fs::read_dir(&abs) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(dir.join(e.file_name()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames the watched paths below `from` to lie below `to`.
+    fn moved(&mut self, from: &Path, to: &Path) {
+        for p in self.by_wd.values_mut() {
+            if let Ok(rest) = p.strip_prefix(from) {
+                *p = to.join(rest);
+            }
+        }
+    }
+
+    /// Drops the watches on `rel` and below (moved out of the tree).
+    fn remove_tree(&mut self, rel: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .by_wd
+            .iter()
+            .filter(|(_, p)| p.starts_with(rel))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in gone {
+            self.by_wd.remove(&wd);
+            let _ = self.fd.rm_watch(wd);
+        }
+    }
+}
+
+/// Starts the inotify source thread (after watching the whole tree).
+pub fn start(
+    cfg: &SourceConfig,
+    sink: Sink,
+    stop: Arc<AtomicBool>,
+    stats: Arc<SourceStats>,
+) -> Result<JoinHandle<()>, SourceError> {
+    let fd = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(|e| {
+        SourceError::Io {
+            what: "inotify_init".into(),
+            source: e.into(),
+        }
+    })?;
+    let mut w = Watches {
+        fd,
+        root: cfg.root.clone(),
+        by_wd: HashMap::new(),
+    };
+    let t0 = std::time::Instant::now();
+    w.add_tree(Path::new(""))?;
+    info!(
+        root = %cfg.root.display(),
+        watches = w.by_wd.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "event source live: inotify (one watch per directory)"
+    );
+    std::thread::Builder::new()
+        .name("inotify".into())
+        .spawn(move || run(w, sink, stop, stats))
+        .map_err(|e| SourceError::Io {
+            what: "spawn inotify thread".into(),
+            source: e,
+        })
+}
+
+fn run(mut w: Watches, sink: Sink, stop: Arc<AtomicBool>, stats: Arc<SourceStats>) {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match super::fanotify::sys::poll_in(w.fd.as_fd(), 200) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!("inotify poll failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+        }
+        let events = match w.fd.read_events() {
+            Ok(evs) => evs,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("inotify read failed: {e}; rescanning");
+                out.push(Change::rescan(""));
+                sink.push(&out);
+                out.clear();
+                continue;
+            }
+        };
+        stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        handle(&mut w, &events, &stats, &mut out);
+        sink.push(&out);
+        out.clear();
+    }
+    debug!("inotify source stopped");
+}
+
+fn handle(w: &mut Watches, events: &[InotifyEvent], stats: &SourceStats, out: &mut Vec<Change>) {
+    // Directory renames inside the tree arrive as MOVED_FROM/MOVED_TO pairs sharing a cookie.
+    let mut moved_from: HashMap<u32, PathBuf> = HashMap::new();
+    for ev in events {
+        let m = ev.mask;
+        if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+            warn!("inotify queue overflow: events were lost; rescanning the whole tree");
+            stats.rescans.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = w.add_tree(Path::new("")) {
+                warn!("{e}");
+            }
+            out.push(Change::rescan(""));
+            continue;
+        }
+        if m.contains(AddWatchFlags::IN_IGNORED) {
+            w.by_wd.remove(&ev.wd);
+            continue;
+        }
+        let Some(dir) = w.by_wd.get(&ev.wd).cloned() else {
+            continue;
+        };
+        let is_dir = m.contains(AddWatchFlags::IN_ISDIR);
+        let Some(name) = &ev.name else {
+            // An event on the watched directory itself.
+            if m.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+                && dir.as_os_str().is_empty()
+            {
+                warn!("the source root itself was moved or deleted; rescanning");
+                out.push(Change::rescan(""));
+            } else if m.contains(AddWatchFlags::IN_ATTRIB) {
+                out.push(Change::new(&dir, ChangeKind::Modified, true));
+            }
+            continue;
+        };
+        let path = dir.join(name);
+        if m.contains(AddWatchFlags::IN_MOVED_FROM) {
+            if is_dir {
+                moved_from.insert(ev.cookie, path.clone());
+            }
+            entry_changes(&path, ChangeKind::Removed, is_dir, out);
+        }
+        if m.contains(AddWatchFlags::IN_DELETE) {
+            entry_changes(&path, ChangeKind::Removed, is_dir, out);
+        }
+        if m.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
+            if is_dir {
+                match moved_from
+                    .remove(&ev.cookie)
+                    .filter(|_| m.contains(AddWatchFlags::IN_MOVED_TO))
+                {
+                    Some(from) => w.moved(&from, &path),
+                    None => {
+                        if let Err(e) = w.add_tree(&path) {
+                            warn!(
+                                "{e}; changes below {} are not seen until a rescan",
+                                path.display()
+                            );
+                        }
+                    }
+                }
+                // Whatever was created in it before its watch existed goes with it.
+                entry_changes(&path, ChangeKind::MovedIn, true, out);
+            } else if m.contains(AddWatchFlags::IN_MOVED_TO) {
+                entry_changes(&path, ChangeKind::MovedIn, false, out);
+            } else {
+                entry_changes(&path, ChangeKind::Created, false, out);
+            }
+        }
+        if m.intersects(
+            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB,
+        ) {
+            out.push(Change::new(&path, ChangeKind::Modified, is_dir));
+        }
+    }
+    // Directories moved out of the tree: stop watching them.
+    for (_, from) in moved_from {
+        w.remove_tree(&from);
+    }
+}

@@ -1,0 +1,168 @@
+//! Replication targets: parsing the three accepted forms (local directory, rsync daemon URL,
+//! ssh `[user@]host:path`) and turning one into the destination argument rsync expects.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+
+/// Where a tree is replicated to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A directory on this machine.
+    Local(PathBuf),
+    /// `rsync://[user@]host[:port]/module[/path]`, served by an rsync daemon.
+    Daemon { url: String },
+    /// `[user@]host:path`, reached through rsync over ssh.
+    Ssh { spec: String },
+}
+
+/// One target as configured, with the options that apply to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub kind: TargetKind,
+    /// The text the operator wrote, for messages.
+    pub display: String,
+    /// `--password-file` for rsync daemon targets.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// Parses a target as given on the command line or in the config file.
+    pub fn parse(text: &str, password_file: Option<&Path>) -> Result<Target, ConfigError> {
+        let invalid = |msg: String| ConfigError::Invalid {
+            flag: "--target",
+            msg,
+        };
+        if text.is_empty() {
+            return Err(invalid("empty target".into()));
+        }
+        let kind = if let Some(rest) = text.strip_prefix("rsync://") {
+            let (hostport, module) = rest
+                .split_once('/')
+                .ok_or_else(|| invalid(format!("{text}: rsync:// target needs a module")))?;
+            let host = hostport.rsplit('@').next().unwrap_or_default();
+            if host.is_empty() || module.trim_matches('/').is_empty() {
+                return Err(invalid(format!(
+                    "{text}: expected rsync://[user@]host[:port]/module[/path]"
+                )));
+            }
+            if let Some((_, port)) = host.rsplit_once(':') {
+                if !host.starts_with('[') && port.parse::<u16>().is_err() {
+                    return Err(invalid(format!("{text}: bad port {port:?}")));
+                }
+            }
+            TargetKind::Daemon {
+                url: format!("rsync://{}/{}/", hostport, module.trim_end_matches('/')),
+            }
+        } else if !text.starts_with('/') && !text.starts_with('.') && is_ssh_spec(text) {
+            let (host, path) = text.split_once(':').expect("checked by is_ssh_spec");
+            if host.rsplit('@').next().unwrap_or_default().is_empty() {
+                return Err(invalid(format!("{text}: expected [user@]host:path")));
+            }
+            let path = if path.is_empty() { "." } else { path };
+            TargetKind::Ssh {
+                spec: format!("{host}:{}/", path.trim_end_matches('/')),
+            }
+        } else {
+            TargetKind::Local(PathBuf::from(text))
+        };
+        if password_file.is_some() && !matches!(kind, TargetKind::Daemon { .. }) {
+            // rsync refuses --password-file without a daemon connection; keep it off the others.
+            return Ok(Target {
+                kind,
+                display: text.to_string(),
+                password_file: None,
+            });
+        }
+        Ok(Target {
+            kind,
+            display: text.to_string(),
+            password_file: password_file.map(Path::to_path_buf),
+        })
+    }
+
+    /// The destination argument for rsync, always ending in `/`.
+    pub fn rsync_dest(&self) -> String {
+        match &self.kind {
+            TargetKind::Local(p) => {
+                let mut s = p.to_string_lossy().into_owned();
+                if !s.ends_with('/') {
+                    s.push('/');
+                }
+                s
+            }
+            TargetKind::Daemon { url } => url.clone(),
+            TargetKind::Ssh { spec } => spec.clone(),
+        }
+    }
+
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.kind, TargetKind::Daemon { .. })
+    }
+}
+
+/// `host:path` where the part before the first `:` has no `/` (rsync's own rule).
+fn is_ssh_spec(text: &str) -> bool {
+    match text.split_once(':') {
+        Some((host, _)) => !host.is_empty() && !host.contains('/'),
+        None => false,
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_forms() {
+        let cases: &[(&str, &str)] = &[
+            ("/backup/data", "/backup/data/"),
+            ("./rel", "./rel/"),
+            ("rsync://127.0.0.1:8730/mod", "rsync://127.0.0.1:8730/mod/"),
+            ("rsync://u@host/mod/sub/", "rsync://u@host/mod/sub/"),
+            ("backup@host:/srv/copy", "backup@host:/srv/copy/"),
+            ("host:", "host:./"),
+            ("dir/with:colon", "dir/with:colon/"),
+        ];
+        for (input, dest) in cases {
+            let t = Target::parse(input, None).unwrap();
+            assert_eq!(t.rsync_dest(), *dest, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_targets() {
+        for bad in [
+            "",
+            "rsync://host",
+            "rsync://host/",
+            "rsync://host:xx/mod",
+            "@:x",
+        ] {
+            assert!(
+                Target::parse(bad, None).is_err(),
+                "{bad} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn password_file_only_for_daemons() {
+        let pw = Path::new("/etc/pw");
+        assert!(Target::parse("rsync://h/m", Some(pw))
+            .unwrap()
+            .password_file
+            .is_some());
+        assert!(Target::parse("/x", Some(pw))
+            .unwrap()
+            .password_file
+            .is_none());
+    }
+}
