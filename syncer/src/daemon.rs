@@ -2,7 +2,6 @@
 //! runs the initial sync, and on SIGTERM/SIGINT stops the source first and then lets every pool
 //! drain what is queued before returning (the shutdown path of mini-redis, in small).
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,14 +11,10 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::dedup::{DedupMap, Op};
+use crate::dedup::DedupMap;
 use crate::error::RunError;
 use crate::pool::{self, PoolConfig, PoolReport, PoolStats};
-use crate::scan;
 use crate::source::{self, Sink, SourceConfig};
-
-/// Subtrees the initial sync aims at per shard, so that shards stay busy to the end.
-const SUBTREES_PER_SHARD: usize = 4;
 
 struct Pools {
     set: JoinSet<PoolReport>,
@@ -38,7 +33,7 @@ fn new_maps(cfg: &Config) -> Vec<Arc<DedupMap>> {
 /// Starts one pool per target, each on its map (`maps[i]` belongs to `cfg.targets[i]`).
 fn start_pools(
     cfg: &Config,
-    initial_plan: &[(PathBuf, Op)],
+    initial_sync: bool,
     shutdown: &watch::Receiver<bool>,
     maps: Vec<Arc<DedupMap>>,
 ) -> Pools {
@@ -61,7 +56,7 @@ fn start_pools(
             target.clone(),
             map.clone(),
             pcfg,
-            initial_plan.to_vec(),
+            initial_sync,
             Some(tx),
             shutdown.clone(),
             stats.clone(),
@@ -97,14 +92,6 @@ async fn finish(mut pools: Pools) -> Result<(), RunError> {
     Ok(())
 }
 
-fn initial_plan(cfg: &Config) -> Vec<(PathBuf, Op)> {
-    scan::plan(
-        &cfg.source,
-        std::path::Path::new(""),
-        cfg.shards * SUBTREES_PER_SHARD,
-    )
-}
-
 /// `syncer run`: replicate until SIGTERM/SIGINT, then drain and return.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -123,13 +110,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         queue: cfg.fanotify_queue,
     };
     let src = source::start(cfg.source_kind, &scfg, Sink::new(maps.clone()))?;
-    let plan = if cfg.initial_sync {
-        initial_plan(&cfg)
-    } else {
-        Vec::new()
-    };
     let started = Instant::now();
-    let mut pools = start_pools(&cfg, &plan, &shutdown_rx, maps);
+    let mut pools = start_pools(&cfg, cfg.initial_sync, &shutdown_rx, maps);
     let mut initial = all_fired(pools.initial_receivers());
     let mut initial_reported = false;
     if !cfg.initial_sync {
@@ -142,7 +124,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             _ = int.recv() => { info!("SIGINT: draining"); break; }
             _ = &mut initial, if !initial_reported => {
                 initial_reported = true;
-                info!(ms = started.elapsed().as_millis() as u64, subtrees = plan.len(), "initial sync finished");
+                info!(ms = started.elapsed().as_millis() as u64, "initial sync finished");
             }
             Some(r) = pools.set.join_next() => {
                 // A pool only ends on shutdown; one ending early is a bug worth stopping for.
@@ -171,16 +153,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 /// `syncer sync`: one full parallel sync of every target, then return.
 pub async fn sync_once(cfg: Config) -> Result<(), RunError> {
     let (_tx, rx) = watch::channel(true);
-    let plan = initial_plan(&cfg);
     let started = Instant::now();
-    let pools = start_pools(&cfg, &plan, &rx, new_maps(&cfg));
+    let pools = start_pools(&cfg, true, &rx, new_maps(&cfg));
     let r = finish(pools).await;
     if r.is_ok() {
-        info!(
-            ms = started.elapsed().as_millis() as u64,
-            subtrees = plan.len(),
-            "sync finished"
-        );
+        info!(ms = started.elapsed().as_millis() as u64, "sync finished");
     }
     r
 }

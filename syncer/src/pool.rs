@@ -73,13 +73,13 @@ struct BatchResult {
 }
 
 /// Runs the pool of `target` until `shutdown` turns true and the map has drained (or the drain
-/// timeout ran out). `initial` is the rescan plan to run first (the initial sync); `initial_done`
-/// is told once all of it has been transferred.
+/// timeout ran out). With `initial_sync`, the whole tree is compared first, in parallel pieces;
+/// `initial_done` is told once all of it has been transferred.
 pub async fn run(
     target: Target,
     map: Arc<DedupMap>,
     cfg: PoolConfig,
-    initial: Vec<(PathBuf, Op)>,
+    initial_sync: bool,
     initial_done: Option<tokio::sync::oneshot::Sender<()>>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<PoolStats>,
@@ -116,28 +116,32 @@ pub async fn run(
         last_tree_end: None,
         down_until: None,
         down_backoff: Duration::ZERO,
-        initial_left: initial.iter().map(|(p, _)| p.clone()).collect(),
+        initial_left: HashSet::new(),
         initial_done,
         stats,
+        source: cfg.source.clone(),
+        root_pieces: cfg.shards * ROOT_PIECES_PER_SHARD,
+        last_progress: now,
     };
-    for (path, op) in &initial {
-        // Subtrees first; directories above them after, so their mtimes come out right.
-        let due = if *op == Op::Shallow {
-            now + Duration::from_millis(1)
-        } else {
-            now
-        };
-        d.map.schedule(path, *op, due);
+    if initial_sync {
+        let plan = tokio::task::block_in_place(|| {
+            crate::scan::plan(&d.source, Path::new(""), d.root_pieces)
+        });
+        d.initial_left = plan.iter().map(|(p, _)| p.clone()).collect();
+        d.schedule_plan(plan, now);
     }
     d.check_initial_done();
 
     let mut draining = *shutdown.borrow();
-    let mut deadline: Option<Instant> = None;
+    let mut drain_started: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if draining && deadline.is_none() {
-            deadline = Some(now + cfg.drain_timeout);
+        if draining && drain_started.is_none() {
+            drain_started = Some(now);
         }
+        // Shutdown gives up only after the drain made no progress for the whole timeout, so a
+        // long transfer still finishes while an unreachable target does not hold the exit.
+        let deadline = drain_started.map(|t| t.max(d.last_progress) + cfg.drain_timeout);
         let past_deadline = deadline.is_some_and(|t| now >= t);
         if !past_deadline {
             d.dispatch(now, draining, &shard_txs).await;
@@ -204,7 +208,15 @@ struct Dispatcher {
     initial_left: HashSet<PathBuf>,
     initial_done: Option<tokio::sync::oneshot::Sender<()>>,
     stats: Arc<PoolStats>,
+    source: PathBuf,
+    /// How many subtrees a rescan of the whole tree is split into.
+    root_pieces: usize,
+    /// When a batch last succeeded.
+    last_progress: Instant,
 }
+
+/// A rescan of the whole tree is split into this many subtrees per shard.
+pub const ROOT_PIECES_PER_SHARD: usize = 4;
 
 impl Dispatcher {
     async fn dispatch(&mut self, now: Instant, draining: bool, shards: &[mpsc::Sender<Batch>]) {
@@ -214,8 +226,13 @@ impl Dispatcher {
         while let Some(&shard) = self.idle.last() {
             let want = self.batch_max.saturating_sub(self.ready.len());
             if want > 0 {
-                let taken = self.map.take_due(now, want, draining);
-                self.ready.extend(taken);
+                for t in self.map.take_due(now, want, draining) {
+                    if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
+                        self.split_root_rescan(t, now);
+                    } else {
+                        self.ready.push_back(t);
+                    }
+                }
             }
             let Some(batch) = self.next_batch(now) else {
                 break;
@@ -226,6 +243,34 @@ impl Dispatcher {
                 error!(target = %self.target, shard, "shard task is gone");
                 return;
             }
+        }
+    }
+
+    /// A rescan of the whole tree (overflow, lost events) as one rsync would use one core and
+    /// one connection for hours on a big tree: hand it out in parallel pieces instead.
+    fn split_root_rescan(&mut self, t: Taken, now: Instant) {
+        let plan = tokio::task::block_in_place(|| {
+            crate::scan::plan(&self.source, &t.path, self.root_pieces)
+        });
+        if plan.len() <= 1 {
+            self.ready.push_back(t);
+            return;
+        }
+        info!(target = %self.target, pieces = plan.len(), "rescanning the whole tree in parallel pieces");
+        self.map.complete(&t.path, None);
+        self.schedule_plan(plan, now);
+    }
+
+    /// Queues a rescan plan: subtrees first, the directories above them just after, so that
+    /// the directories' own transfers (and mtimes) come last.
+    fn schedule_plan(&self, plan: Vec<(PathBuf, Op)>, now: Instant) {
+        for (path, op) in plan {
+            let due = if op == Op::Shallow {
+                now + Duration::from_millis(1)
+            } else {
+                now
+            };
+            self.map.schedule(&path, op, due);
         }
     }
 
@@ -324,6 +369,7 @@ impl Dispatcher {
                     info!(target = %self.target, "target back up");
                 }
                 self.down_backoff = Duration::ZERO;
+                self.last_progress = now;
                 self.stats.paths_done.fetch_add(n as u64, Ordering::Relaxed);
                 debug!(target = %self.target, kind = ?res.batch.kind, paths = n, ms = res.elapsed.as_millis() as u64, "batch done");
                 if o == Outcome::Vanished {

@@ -1,5 +1,8 @@
-//! Project tasks that need more than cargo: `cargo xtask bench` runs the load bench
-//! (`bench/`) against the real binary. Invoked through the `xtask` alias in .cargo/config.toml.
+//! Project tasks that need more than cargo, invoked through the `xtask` alias in
+//! .cargo/config.toml:
+//! - `cargo xtask test`: installs what the end-to-end tests need (Debian packages, as root) and
+//!   runs the whole test suite. This is the README's test command and what `.ci/run` runs.
+//! - `cargo xtask bench`: runs the load bench (`bench/`) against the real binary.
 
 use std::process::Command;
 
@@ -10,9 +13,10 @@ fn main() -> Result<()> {
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     match task.as_str() {
+        "test" => test(&rest),
         "bench" => bench(&rest),
         _ => {
-            eprintln!("usage: cargo xtask bench [ARGS...]");
+            eprintln!("usage: cargo xtask test [-- TEST-ARGS...] | cargo xtask bench [ARGS...]");
             bail!("unknown task {task:?}")
         }
     }
@@ -40,6 +44,67 @@ fn bench(rest: &[String]) -> Result<()> {
         .context("run syncer-bench")?;
     if !st.success() {
         bail!("bench failed");
+    }
+    Ok(())
+}
+
+/// Programs the tests run, and the Debian package of each.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("rsync", "rsync"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mount", "mount"),
+    ("setpriv", "util-linux"),
+];
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs missing test tools with apt-get when running as root; otherwise says what is missing
+/// (the tests that need it then fail or skip with a message).
+fn ensure_test_tools() -> Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(prog, _)| !have(prog))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !have("apt-get") {
+        eprintln!("xtask: missing test tools (packages: {}); install them first", missing.join(" "));
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let ok = Command::new("apt-get").args(["update", "-qq"]).status()?.success()
+        && Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+    if !ok {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// The whole test suite: unit tests and the end-to-end tests against real processes.
+fn test(rest: &[String]) -> Result<()> {
+    ensure_test_tools()?;
+    let st = cargo()
+        .args(["test", "--workspace", "--locked"])
+        .args(rest)
+        .status()
+        .context("cargo test")?;
+    if !st.success() {
+        bail!("tests failed");
     }
     Ok(())
 }
