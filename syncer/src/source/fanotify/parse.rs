@@ -135,48 +135,48 @@ fn parse_records(mut b: &[u8], mut base: usize) -> Result<Vec<Record<'_>>, Parse
     Ok(out)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// An information record to encode: (info type, handle bytes, name).
+pub type RecordSpec<'a> = (u8, &'a [u8], Option<&'a [u8]>);
 
-    /// Builds an event as the kernel lays it out.
-    /// (info type, handle bytes, name)
-    pub type RecordSpec<'a> = (u8, &'a [u8], Option<&'a [u8]>);
-
-    pub fn event(mask: u64, records: &[RecordSpec<'_>]) -> Vec<u8> {
-        let mut recs = Vec::new();
-        for (ty, handle_body, name) in records {
-            let mut r = vec![*ty, 0, 0, 0];
-            r.extend_from_slice(&[7u8; 8]); // fsid
-            r.extend_from_slice(&(handle_body.len() as u32).to_ne_bytes());
-            r.extend_from_slice(&1i32.to_ne_bytes());
-            r.extend_from_slice(handle_body);
-            if let Some(n) = name {
-                r.extend_from_slice(n);
-                r.push(0);
-            }
-            while r.len() % 4 != 0 {
-                r.push(0);
-            }
-            let len = r.len() as u16;
-            r[2..4].copy_from_slice(&len.to_ne_bytes());
-            recs.extend(r);
+/// Encodes one event as the kernel lays it out (pid 42, no fd); for tests and benchmarks.
+pub fn encode_event(mask: u64, records: &[RecordSpec<'_>]) -> Vec<u8> {
+    let mut recs = Vec::new();
+    for (ty, handle_body, name) in records {
+        let mut r = vec![*ty, 0, 0, 0];
+        r.extend_from_slice(&[7u8; 8]); // fsid
+        r.extend_from_slice(&(handle_body.len() as u32).to_ne_bytes());
+        r.extend_from_slice(&1i32.to_ne_bytes());
+        r.extend_from_slice(handle_body);
+        if let Some(n) = name {
+            r.extend_from_slice(n);
+            r.push(0);
         }
-        let mut e = Vec::new();
-        e.extend_from_slice(&((24 + recs.len()) as u32).to_ne_bytes());
-        e.push(FANOTIFY_METADATA_VERSION);
-        e.push(0);
-        e.extend_from_slice(&24u16.to_ne_bytes());
-        e.extend_from_slice(&mask.to_ne_bytes());
-        e.extend_from_slice(&FAN_NOFD.to_ne_bytes());
-        e.extend_from_slice(&42i32.to_ne_bytes());
-        e.extend(recs);
-        e
+        while r.len() % 4 != 0 {
+            r.push(0);
+        }
+        let len = r.len() as u16;
+        r[2..4].copy_from_slice(&len.to_ne_bytes());
+        recs.extend(r);
     }
+    let mut e = Vec::new();
+    e.extend_from_slice(&((24 + recs.len()) as u32).to_ne_bytes());
+    e.push(FANOTIFY_METADATA_VERSION);
+    e.push(0);
+    e.extend_from_slice(&24u16.to_ne_bytes());
+    e.extend_from_slice(&mask.to_ne_bytes());
+    e.extend_from_slice(&FAN_NOFD.to_ne_bytes());
+    e.extend_from_slice(&42i32.to_ne_bytes());
+    e.extend(recs);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn parses_dfid_name_and_fid() {
-        let mut buf = event(
+        let mut buf = encode_event(
             FAN_CREATE | FAN_ONDIR,
             &[
                 (
@@ -191,7 +191,7 @@ pub(crate) mod tests {
                 ),
             ],
         );
-        buf.extend(event(FAN_Q_OVERFLOW, &[]));
+        buf.extend(encode_event(FAN_Q_OVERFLOW, &[]));
         let evs = parse(&buf).unwrap();
         assert_eq!(evs.len(), 2);
         assert_eq!(evs[0].mask, FAN_CREATE | FAN_ONDIR);
@@ -205,7 +205,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_malformed_buffers_without_panicking() {
-        let good = event(
+        let good = encode_event(
             FAN_MODIFY,
             &[(FAN_EVENT_INFO_TYPE_DFID_NAME, b"abcdefgh", Some(b"f"))],
         );
