@@ -6,7 +6,7 @@
 //! their attributes, which keeps directory modes and mtimes right on the target.
 //! `--delete-missing-args` turns a listed path that no longer exists into a deletion on the
 //! target, and `--force` lets that deletion remove a non-empty directory (without it rsync only
-//! warns and still exits 0).
+//! warns and still exits 0). Plain batches use `--ignore-times` (see [`args`]).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -51,14 +51,21 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
     .map(OsString::from)
     .collect();
     match kind {
-        BatchKind::Plain => {}
+        // These paths are known to have changed: rsync's quick check (size + mtime) must not
+        // skip them. File timestamps are coarse (one clock tick), so a same-size rewrite
+        // within one tick, or a rewrite while a previous rsync was reading the file, would
+        // otherwise leave the target with stale bytes or a stale mtime.
+        BatchKind::Plain => a.push("--ignore-times".into()),
+        // Whole subtrees are mostly unchanged: keep the quick check, but on nanoseconds.
         BatchKind::Tree => {
             a.push("-r".into());
             a.push("--delete".into());
+            a.push("--modify-window=-1".into());
         }
         BatchKind::Shallow => {
             a.push("-d".into());
             a.push("--delete".into());
+            a.push("--modify-window=-1".into());
         }
     }
     a.push(format!("--timeout={}", opts.io_timeout_s).into());
@@ -192,5 +199,12 @@ mod tests {
             assert!(s.iter().any(|x| x == want), "{want} missing from {s:?}");
         }
         assert_eq!(s.last().unwrap(), "rsync://h:1/m/");
+        assert!(s.iter().any(|x| x == "--modify-window=-1"));
+        let plain = args(&opts, BatchKind::Plain, Path::new("/src"), &t);
+        assert!(
+            plain.iter().any(|x| x == "--ignore-times"),
+            "changed files must not be quick-checked"
+        );
+        assert!(!plain.iter().any(|x| x == "-r" || x == "--delete"));
     }
 }
