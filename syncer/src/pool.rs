@@ -485,6 +485,24 @@ async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
     }
 }
 
+/// Whether a plain batch writes entries directly in the source root. rsync writes a file by
+/// renaming a temporary file into place, which moves the mtime of the target's directory;
+/// it restores the mtimes of the directories in its file list at the end, and `--relative`
+/// puts every parent directory of a listed path in that list, except the root itself. So the
+/// root goes in explicitly.
+fn touches_root_entries(entries: &[Taken]) -> bool {
+    let mut root_listed = false;
+    let mut root_child = false;
+    for t in entries {
+        match t.path.parent() {
+            None => root_listed = true,
+            Some(p) if p.as_os_str().is_empty() => root_child = true,
+            Some(_) => {}
+        }
+    }
+    root_child && !root_listed
+}
+
 /// Most of rsync's stderr kept for the log.
 const STDERR_KEEP: usize = 8192;
 
@@ -492,6 +510,9 @@ async fn run_rsync(ctx: &ShardCtx, batch: &Batch) -> (Outcome, String) {
     let mut list = Vec::with_capacity(batch.entries.len() * 32);
     for t in &batch.entries {
         rsync::push_entry(&mut list, &t.path, batch.kind);
+    }
+    if batch.kind == BatchKind::Plain && touches_root_entries(&batch.entries) {
+        rsync::push_entry(&mut list, Path::new(""), batch.kind);
     }
     let args = rsync::args(&ctx.rsync, batch.kind, &ctx.source, &ctx.target);
     let mut cmd = tokio::process::Command::new(&ctx.rsync.program);

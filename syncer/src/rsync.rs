@@ -50,22 +50,24 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
     .iter()
     .map(OsString::from)
     .collect();
+    // rsync compares mtimes in whole seconds by default, also when it decides whether to set a
+    // directory's mtime: a directory created on the target in the same second as on the source
+    // would keep its own nanoseconds. Compare nanoseconds everywhere.
+    a.push("--modify-window=-1".into());
     match kind {
         // These paths are known to have changed: rsync's quick check (size + mtime) must not
         // skip them. File timestamps are coarse (one clock tick), so a same-size rewrite
         // within one tick, or a rewrite while a previous rsync was reading the file, would
         // otherwise leave the target with stale bytes or a stale mtime.
         BatchKind::Plain => a.push("--ignore-times".into()),
-        // Whole subtrees are mostly unchanged: keep the quick check, but on nanoseconds.
+        // Whole subtrees are mostly unchanged: keep the (nanosecond) quick check.
         BatchKind::Tree => {
             a.push("-r".into());
             a.push("--delete".into());
-            a.push("--modify-window=-1".into());
         }
         BatchKind::Shallow => {
             a.push("-d".into());
             a.push("--delete".into());
-            a.push("--modify-window=-1".into());
         }
     }
     a.push(format!("--timeout={}", opts.io_timeout_s).into());
@@ -88,12 +90,18 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
 }
 
 /// Appends one path to a `--from0` list. The source root is written as `.`; a `Shallow` entry
-/// gets a trailing `/` so that rsync sends its immediate contents.
+/// gets a trailing `/` so that rsync sends its immediate contents; a name that rsync would take
+/// for a comment gets a `./` in front.
 pub fn push_entry(list: &mut Vec<u8>, path: &Path, kind: BatchKind) {
     let bytes = path.as_os_str().as_bytes();
     if bytes.is_empty() {
         list.push(b'.');
     } else {
+        // rsync reads a --files-from line starting with '#' or ';' as a comment, even with
+        // --from0: such names are written as "./#name".
+        if matches!(bytes[0], b'#' | b';') {
+            list.extend_from_slice(b"./");
+        }
         list.extend_from_slice(bytes);
     }
     if kind == BatchKind::Shallow {
@@ -173,7 +181,9 @@ mod tests {
         push_entry(&mut l, Path::new(""), BatchKind::Plain);
         push_entry(&mut l, Path::new("a\nb"), BatchKind::Plain);
         push_entry(&mut l, Path::new("d"), BatchKind::Shallow);
-        assert_eq!(l, b".\0a\nb\0d/\0");
+        push_entry(&mut l, Path::new("#x"), BatchKind::Plain);
+        push_entry(&mut l, Path::new(";y/#z"), BatchKind::Plain);
+        assert_eq!(l, b".\0a\nb\0d/\0./#x\0./;y/#z\0");
     }
 
     #[test]

@@ -1,0 +1,28 @@
+//! End-to-end tests of the `syncer` binary. Each scenario mounts its own ext4 loop filesystem as
+//! the source (at `<mnt>/src`), starts an rsync daemon target and a local-directory target, runs
+//! the real binary (`CARGO_BIN_EXE_syncer`), changes the source, and polls until both targets equal
+//! the source byte for byte, modes, owners and nanosecond mtimes included. The watching scenarios
+//! run once per event source (`<scenario>::fanotify`, `<scenario>::inotify`). The harness is in
+//! `util.rs`; each scenario file says at its top what it covers.
+//!
+//! Run as root: `cargo test -p syncer --test e2e` (filter with e.g. `-- inotify` or
+//! `-- harness_selftest`; `-- --nocapture` shows syncer's log as it happens). Environment:
+//! - `SYNCER_E2E_REQUIRE=1`: fail instead of printing `SKIP:` when not root / no loop mounts.
+//! - `SYNCER_E2E_BIN=/path/to/syncer`: run another build (e.g. `target/release/syncer`).
+//! - `SYNCER_E2E_RUST_LOG=debug`: the `RUST_LOG` given to syncer (default `info`).
+
+#[macro_use]
+mod util;
+
+mod bulk;
+mod delete;
+mod errors;
+mod harness;
+mod initial;
+mod names;
+mod oneshot;
+mod outage;
+mod overflow;
+mod rename;
+mod samefs;
+mod shutdown;
