@@ -1,2 +1,504 @@
-//! The load bench: placeholder, filled in below.
-fn main() {}
+//! `syncer-bench`: the load bench of syncer against its peers (lsyncd, the inotifywait+rsync
+//! script, one-shot rsync), run by `cargo xtask bench [--quick]`. This file owns the command
+//! line and the order of the runs; see bench/README.md for the method and the columns.
+//!
+//! Hidden subcommands are the bench re-executing itself: `gen` (the workload generator, in its
+//! own process) and `tree` (the start-up tree).
+
+mod bench;
+mod compare;
+mod daemon;
+mod fsimg;
+mod gen;
+mod procmon;
+mod report;
+mod stats;
+mod sys;
+mod tools;
+mod tree;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::{Ctx, Opts, RateSample, RateSpec};
+use crate::gen::Mix;
+use crate::report::{Meta, Report};
+use crate::sys::{mono_ns, secs};
+use crate::tools::Tool;
+
+#[derive(Parser)]
+#[command(
+    name = "syncer-bench",
+    about = "Load bench: syncer vs lsyncd, the inotifywait+rsync script and rsync",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Internal: the workload generator.
+    #[command(hide = true)]
+    Gen {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Operations per second (0: as fast as possible).
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        ops: u64,
+        #[arg(long, default_value_t = 600.0)]
+        time_cap_s: f64,
+        #[arg(long, default_value = "none")]
+        mix: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 100)]
+        files_per_dir: u32,
+        #[arg(long, default_value_t = 10)]
+        dirs_per_top: u32,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Re-renders the Markdown of a saved JSON report (after a change of the layout).
+    Render {
+        /// The JSON report, e.g. bench/results/latest.json.
+        json: PathBuf,
+    },
+    /// Internal: writes the start-up tree.
+    #[command(hide = true)]
+    Tree {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        files: u64,
+        #[arg(long)]
+        dirs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The syncer binary (cargo xtask bench passes target/release/syncer).
+    #[arg(long)]
+    syncer: Option<PathBuf>,
+    /// The short run (under 3 minutes): two rates, short rows, a 100k-file tree, no repeats.
+    #[arg(long)]
+    quick: bool,
+    /// Put the filesystem images in /dev/shm instead of on disk.
+    #[arg(long)]
+    ram: bool,
+    /// Runs of every row (the tables show the median and min–max).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Comma-separated rates in files/s, or `max` (default 200,1000,5000,max; quick: 1000,5000).
+    #[arg(long)]
+    rates: Option<String>,
+    /// Seconds of writing per row (default 20; quick: 4).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds of writing in the lsyncd delay=15 rows (default: as --duration; quick: 3).
+    #[arg(long)]
+    d15_duration: Option<f64>,
+    /// Most operations in one row, and the count of the `max` rate (default 50000; quick 8000).
+    #[arg(long)]
+    max_files: Option<u64>,
+    /// Comma-separated tools: syncer-fanotify, syncer-inotify, syncer-ebpf, lsyncd-d1,
+    /// lsyncd-d15, script, rsync-bulk (default: all).
+    #[arg(long)]
+    tools: Option<String>,
+    /// Files in the start-up tree (default 1000000; quick 100000; 0 skips the start-up runs).
+    #[arg(long)]
+    tree_files: Option<u64>,
+    /// Directories of the start-up tree (default: files / 10).
+    #[arg(long)]
+    tree_dirs: Option<u64>,
+    /// Skip the rate runs (only the start-up tree).
+    #[arg(long)]
+    no_rates: bool,
+    /// Operation mix in percent, or `none` (default rewrite=5,rename=3,delete=2,dirrename=0.02).
+    #[arg(long)]
+    mix: Option<String>,
+    /// Longest wait for the target to converge after the writer stops, seconds (default 60;
+    /// quick 20).
+    #[arg(long)]
+    converge_cap: Option<f64>,
+    /// Longest wait, after the writer stops, for the tool to stop running rsync (default: the
+    /// convergence cap; quick 8).
+    #[arg(long)]
+    busy_cap: Option<f64>,
+    /// Directory for images, mounts and logs (default /var/tmp/syncer-bench, or
+    /// /dev/shm/syncer-bench with --ram).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Where NAME.json and NAME.md go (default: bench/results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Base name of the result files.
+    #[arg(long, default_value = "latest")]
+    name: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Files per leaf directory.
+    #[arg(long, default_value_t = 100)]
+    files_per_dir: u32,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Some(Cmd::Gen {
+            dir,
+            rate,
+            ops,
+            time_cap_s,
+            mix,
+            seed,
+            files_per_dir,
+            dirs_per_top,
+            out,
+            trace,
+        }) => Mix::parse(&mix).and_then(|mix| {
+            gen::run_gen(&gen::GenArgs {
+                dir,
+                rate,
+                ops,
+                time_cap: Duration::from_secs_f64(time_cap_s),
+                mix,
+                seed,
+                files_per_dir,
+                dirs_per_top,
+                out,
+                trace,
+            })
+        }),
+        Some(Cmd::Tree {
+            dir,
+            files,
+            dirs,
+            seed,
+        }) => gen::run_tree(&gen::TreeArgs {
+            dir,
+            files,
+            dirs,
+            seed,
+        }),
+        Some(Cmd::Render { json }) => report::render(&json),
+        None => run_bench(cli.bench),
+    };
+    if let Err(e) = r {
+        eprintln!("syncer-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn resolve(a: BenchArgs) -> Result<Opts> {
+    let q = a.quick;
+    let syncer = match a.syncer {
+        Some(p) => p,
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.with_file_name("syncer")
+        }
+    };
+    let syncer = std::fs::canonicalize(&syncer).with_context(|| {
+        format!(
+            "the syncer binary {} (build it, or pass --syncer)",
+            syncer.display()
+        )
+    })?;
+    let rates = a
+        .rates
+        .unwrap_or_else(|| {
+            if q {
+                "1000,5000".into()
+            } else {
+                "200,1000,5000,max".into()
+            }
+        })
+        .split(',')
+        .map(RateSpec::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let tools = match a.tools {
+        Some(t) => t.split(',').map(Tool::parse).collect::<Result<Vec<_>>>()?,
+        None => tools::ALL.to_vec(),
+    };
+    let duration_s = a.duration.unwrap_or(if q { 4.0 } else { 20.0 });
+    let tree_files = a.tree_files.unwrap_or(if q { 100_000 } else { 1_000_000 });
+    let converge_cap_s = a.converge_cap.unwrap_or(if q { 20.0 } else { 60.0 });
+    let ram = a.ram;
+    let work = a.work.unwrap_or_else(|| {
+        PathBuf::from(if ram {
+            "/dev/shm/syncer-bench"
+        } else {
+            "/var/tmp/syncer-bench"
+        })
+    });
+    Ok(Opts {
+        syncer,
+        quick: q,
+        ram,
+        repeat: a.repeat.unwrap_or(if q { 1 } else { 3 }).max(1),
+        rates: if a.no_rates { Vec::new() } else { rates },
+        duration_s,
+        max_files: a.max_files.unwrap_or(if q { 8_000 } else { 50_000 }),
+        d15_duration_s: a.d15_duration.unwrap_or(if q { 3.0 } else { duration_s }),
+        tools,
+        tree_files,
+        tree_dirs: a.tree_dirs.unwrap_or((tree_files / 10).max(1)),
+        mix: Mix::parse(
+            a.mix
+                .as_deref()
+                .unwrap_or("rewrite=5,rename=3,delete=2,dirrename=0.02"),
+        )?,
+        converge_cap_s,
+        busy_cap_s: a.busy_cap.unwrap_or(if q { 8.0 } else { converge_cap_s }),
+        work,
+        out: a
+            .out
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+        name: a.name,
+        seed: a.seed,
+        files_per_dir: a.files_per_dir,
+    })
+}
+
+/// First line of `cmd`'s output, or "?".
+fn probe(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn meta(o: &Opts) -> Meta {
+    let mem_kb: f64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rev = probe(
+        "git",
+        &[
+            "-C",
+            &root.to_string_lossy(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let dirty = Command::new("git")
+        .args([
+            "-C",
+            &root.to_string_lossy(),
+            "status",
+            "--porcelain",
+            "--",
+            "syncer",
+        ])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    Meta {
+        date: probe("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        mode: if o.quick {
+            "quick".into()
+        } else {
+            "full".into()
+        },
+        storage: if o.ram {
+            format!("ext4 images in RAM ({})", o.work.display())
+        } else {
+            format!("ext4 images on disk ({})", o.work.display())
+        },
+        repeat: o.repeat,
+        mix: o.mix.describe(),
+        duration_s: o.duration_s,
+        d15_duration_s: o.d15_duration_s,
+        max_files: o.max_files,
+        converge_cap_s: o.converge_cap_s,
+        busy_cap_s: o.busy_cap_s,
+        files_per_dir: o.files_per_dir,
+        kernel: probe("uname", &["-r"]),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mem_gib: mem_kb / (1024.0 * 1024.0),
+        rsync: probe("rsync", &["--version"])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        lsyncd: format!(
+            "lsyncd {}",
+            probe("lsyncd", &["--version"]).trim_start_matches("Version: ")
+        ),
+        inotifywait: probe("inotifywait", &["--help"]),
+        syncer: probe(&o.syncer.to_string_lossy(), &["--version"]),
+        git: format!("{rev}{}", if dirty { " (syncer/ modified)" } else { "" }),
+        load_before: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        ..Meta::default()
+    }
+}
+
+fn progress(i: usize, n: usize, s: &RateSample) {
+    let f = |v: Option<f64>| v.map_or("-".into(), report::dur);
+    if let Some(e) = &s.error {
+        eprintln!(
+            "[{i}/{n}] {} @ {}: FAILED: {}",
+            s.tool,
+            s.rate,
+            e.lines().next().unwrap_or("")
+        );
+        return;
+    }
+    eprintln!(
+        "[{i}/{n}] {:<16} @ {:>5}: {:>6.0} files/s  p50 {:>7}  p99 {:>7}  max {:>7}  converged {:>7}  \
+         missing {} wrong {} extra {}  cpu {:.2} s  rsync runs {}",
+        s.tool,
+        s.rate,
+        s.achieved_rate,
+        f(s.p50_s),
+        f(s.p99_s),
+        f(s.max_s),
+        if s.tool == Tool::RsyncBulk.id() { "-".into() } else { f(s.converged_s) },
+        s.diff.files_missing,
+        s.diff.files_wrong,
+        s.diff.files_extra,
+        s.tool_cpu_s,
+        s.rsync_runs
+    );
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench needs root (loop mounts, fanotify filesystem marks)");
+    }
+    sys::install_signal_handlers();
+    let mut o = resolve(a)?;
+    let mut notes = Vec::new();
+    for (tool, cmd) in [
+        (Tool::LsyncdD1, "lsyncd"),
+        (Tool::LsyncdD15, "lsyncd"),
+        (Tool::Script, "inotifywait"),
+    ] {
+        if o.tools.contains(&tool) && !have(cmd) {
+            notes.push(format!(
+                "{} skipped: `{cmd}` is not installed",
+                tool.label()
+            ));
+            o.tools.retain(|t| *t != tool);
+        }
+    }
+    let t_start = mono_ns();
+    let mut meta = meta(&o);
+    let mut ctx = Ctx::new(o.clone())?;
+    let runnable: Vec<Tool> = o
+        .tools
+        .iter()
+        .copied()
+        .filter(|t| *t != Tool::SyncerEbpf)
+        .collect();
+    let total = o.repeat * o.rates.len() * runnable.len();
+    let mut samples = Vec::new();
+    let mut i = 0;
+    for rep in 0..o.repeat {
+        for &rate in &o.rates {
+            for &tool in &runnable {
+                i += 1;
+                let dir = ctx.run_dir(&format!("{}-{}-{}", rate.label(), tool.id(), rep))?;
+                let s = match bench::rate_sample(&mut ctx, tool, rate, &dir) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        sys::check_interrupt()?;
+                        RateSample {
+                            tool: tool.id().into(),
+                            rate: rate.label(),
+                            error: Some(format!("{e:#}")),
+                            ..RateSample::default()
+                        }
+                    }
+                };
+                progress(i, total, &s);
+                samples.push(s);
+            }
+        }
+    }
+    let tree = if o.tree_files > 0 {
+        Some(tree::run(&mut ctx)?)
+    } else {
+        None
+    };
+    drop(ctx);
+    let mut summary = Vec::new();
+    for &rate in &o.rates {
+        for &tool in &o.tools {
+            summary.push(report::summarize(tool, &rate.label(), &samples));
+        }
+    }
+    meta.elapsed_s = secs(mono_ns() - t_start);
+    meta.load_after = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut r = Report {
+        meta,
+        summary,
+        samples,
+        tree,
+        notes,
+        findings: Vec::new(),
+    };
+    r.findings = report::auto_notes(&r);
+    let md = report::markdown(&r);
+    println!("{md}");
+    report::write(&r, &md, &o.out, &o.name)?;
+    eprintln!(
+        "wrote {} and {}",
+        o.out.join(format!("{}.json", o.name)).display(),
+        o.out.join(format!("{}.md", o.name)).display()
+    );
+    Ok(())
+}

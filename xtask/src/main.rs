@@ -26,8 +26,10 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Builds syncer and the bench in release mode, then runs the bench with `rest`.
+/// Builds syncer and the bench in release mode, then runs the bench with `rest` (see
+/// bench/README.md; `--quick` for the short run). Installs the peers it compares against first.
 fn bench(rest: &[String]) -> Result<()> {
+    ensure_tools(BENCH_TOOLS)?;
     let st = cargo()
         .args(["build", "--release", "-p", "syncer", "-p", "syncer-bench"])
         .status()
@@ -35,7 +37,8 @@ fn bench(rest: &[String]) -> Result<()> {
     if !st.success() {
         bail!("build failed");
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(manifest);
     let st = Command::new(root.join("target/release/syncer-bench"))
         .arg("--syncer")
         .arg(root.join("target/release/syncer"))
@@ -56,6 +59,15 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
 ];
 
+/// What the bench runs besides syncer, and the Debian package of each.
+const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("rsync", "rsync"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mount", "mount"),
+    ("lsyncd", "lsyncd"),
+    ("inotifywait", "inotify-tools"),
+];
+
 fn have(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -64,10 +76,10 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Installs missing test tools with apt-get when running as root; otherwise says what is missing
-/// (the tests that need it then fail or skip with a message).
-fn ensure_test_tools() -> Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
+/// Installs missing tools with apt-get when running as root; otherwise says what is missing
+/// (the tests or bench rows that need it then fail or skip with a message).
+fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(prog, _)| !have(prog))
         .map(|(_, pkg)| *pkg)
@@ -78,11 +90,17 @@ fn ensure_test_tools() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || !have("apt-get") {
-        eprintln!("xtask: missing test tools (packages: {}); install them first", missing.join(" "));
+        eprintln!(
+            "xtask: missing tools (packages: {}); install them first",
+            missing.join(" ")
+        );
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    let ok = Command::new("apt-get").args(["update", "-qq"]).status()?.success()
+    let ok = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()?
+        .success()
         && Command::new("apt-get")
             .args(["install", "-y", "-qq"])
             .args(&missing)
@@ -97,7 +115,7 @@ fn ensure_test_tools() -> Result<()> {
 
 /// The whole test suite: unit tests and the end-to-end tests against real processes.
 fn test(rest: &[String]) -> Result<()> {
-    ensure_test_tools()?;
+    ensure_tools(TEST_TOOLS)?;
     let st = cargo()
         .args(["test", "--workspace", "--locked"])
         .args(rest)

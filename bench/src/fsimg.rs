@@ -1,0 +1,163 @@
+//! The bench's filesystems: each an ext4 image (sparse file, on disk or in /dev/shm) loop-mounted
+//! at its own mount point, so that the source and the target each see only their own events.
+//! [`LoopFs`] unmounts and deletes its image when dropped; [`clean_stale`] removes what an
+//! earlier, killed bench left mounted under the work directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::sys::run_cmd;
+
+/// An ext4 filesystem on a sparse image file, mounted with `-o loop`.
+pub struct LoopFs {
+    img: PathBuf,
+    mnt: PathBuf,
+    size: u64,
+    inodes: Option<u64>,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// Makes a fresh filesystem of `size` bytes (and `inodes` inodes, if given) at `img` and
+    /// mounts it at `mnt`.
+    pub fn create(img: &Path, mnt: &Path, size: u64, inodes: Option<u64>) -> Result<LoopFs> {
+        let mut fs = LoopFs {
+            img: img.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            size,
+            inodes,
+            mounted: false,
+        };
+        fs.format_and_mount()?;
+        Ok(fs)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// Replaces the filesystem by an empty one (same size, same mount point).
+    pub fn recreate(&mut self) -> Result<()> {
+        self.unmount()?;
+        self.format_and_mount()
+    }
+
+    /// Resizes the image for the next [`LoopFs::recreate`] (and resets the inode count to
+    /// mkfs's default).
+    pub fn set_size(&mut self, size: u64) {
+        self.size = size;
+        self.inodes = None;
+    }
+
+    /// Sets size and inode count for the next [`LoopFs::recreate`].
+    pub fn set_geometry(&mut self, size: u64, inodes: Option<u64>) {
+        self.size = size;
+        self.inodes = inodes;
+    }
+
+    fn format_and_mount(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.mnt)
+            .with_context(|| format!("create {}", self.mnt.display()))?;
+        let _ = std::fs::remove_file(&self.img);
+        let f = std::fs::File::create(&self.img)
+            .with_context(|| format!("create {}", self.img.display()))?;
+        f.set_len(self.size).context("size the image")?;
+        drop(f);
+        let mut mkfs = Command::new("mkfs.ext4");
+        mkfs.args([
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        ]);
+        if let Some(n) = self.inodes {
+            mkfs.arg("-N").arg(n.to_string());
+        }
+        mkfs.arg(&self.img);
+        run_cmd(&mut mkfs, Duration::from_secs(120))?;
+        // noinit_itable: the image is sparse (reads as zeros), so the kernel need not zero the
+        // inode tables in the background while the bench measures.
+        run_cmd(
+            Command::new("mount")
+                .args(["-o", "loop,noinit_itable"])
+                .arg(&self.img)
+                .arg(&self.mnt),
+            Duration::from_secs(60),
+        )?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn unmount(&mut self) -> Result<()> {
+        if self.mounted {
+            self.mounted = false;
+            umount(&self.mnt)?;
+        }
+        let _ = std::fs::remove_file(&self.img);
+        Ok(())
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// Unmounts `mnt`, lazily if it stays busy (`mount -o loop` images detach their loop device
+/// when unmounted).
+fn umount(mnt: &Path) -> Result<()> {
+    for _ in 0..20 {
+        let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
+        // SAFETY: plain syscall on a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOENT) => return Ok(()), // not mounted
+            Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(100)),
+            _ => return Err(e).with_context(|| format!("umount {}", mnt.display())),
+        }
+    }
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())?;
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("umount -l {}", mnt.display()));
+    }
+    eprintln!("warning: {} stayed busy; unmounted lazily", mnt.display());
+    Ok(())
+}
+
+/// Unmounts everything mounted under `work` (left by an earlier bench that was killed) and
+/// removes its images.
+pub fn clean_stale(work: &Path) -> Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
+    let prefix = work.to_string_lossy().to_string();
+    let mut stale: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(|m| m.to_string())
+        .collect();
+    // Deepest first.
+    stale.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in stale {
+        eprintln!("cleaning up a stale mount: {m}");
+        umount(Path::new(&m))?;
+    }
+    if let Ok(rd) = std::fs::read_dir(work) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "img") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
