@@ -346,6 +346,31 @@ fn latencies(alive: &[(u32, u64)], arrivals: &[(u32, u64)]) -> (Vec<f64>, u64) {
     (lat, unseen)
 }
 
+/// Writes, for looking into a run, every file alive at the end with the time it got its name and
+/// its first arrival at or after that (`id named_ns arrived_ns latency_s`; `-` if never).
+fn write_arrivals(path: &Path, alive: &[(u32, u64)], arrivals: &[(u32, u64)]) -> Result<()> {
+    use std::io::Write;
+    let mut first: HashMap<u32, Vec<u64>> = HashMap::with_capacity(alive.len());
+    for &(id, t) in arrivals {
+        first.entry(id).or_default().push(t);
+    }
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    writeln!(w, "id\tnamed_ns\tarrived_ns\tlatency_s")?;
+    for &(id, named) in alive {
+        match first
+            .get(&id)
+            .and_then(|ts| ts.iter().copied().filter(|&t| t >= named).min())
+        {
+            Some(t) => writeln!(w, "{id}\t{named}\t{t}\t{:.6}", secs(t - named))?,
+            None => writeln!(w, "{id}\t{named}\t-\t-")?,
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
 /// How many of `alive` have not arrived yet.
 fn pending(alive: &[(u32, u64)], arrivals: &[(u32, u64)]) -> usize {
     let mut latest: HashMap<u32, u64> = HashMap::with_capacity(arrivals.len());
@@ -526,6 +551,9 @@ pub fn rate_sample(c: &mut Ctx, tool: Tool, rate: RateSpec, dir: &Path) -> Resul
     let seen = watcher.stop()?;
     let (mut s, alive) = result?;
     let (lat, unseen) = latencies(&alive, &seen.arrivals);
+    if let Err(e) = write_arrivals(&dir.join("arrivals.tsv"), &alive, &seen.arrivals) {
+        eprintln!("warning: {e:#}");
+    }
     s.unseen = unseen;
     s.latency_n = lat.len() as u64;
     s.p50_s = percentile(&lat, 50.0);
