@@ -107,7 +107,7 @@ struct BenchArgs {
     /// Comma-separated rates in files/s, or `max` (default 200,1000,5000,max; quick: 1000,5000).
     #[arg(long)]
     rates: Option<String>,
-    /// Seconds of writing per row (default 20; quick: 4).
+    /// Seconds of writing per row (default 20; quick: 3).
     #[arg(long)]
     duration: Option<f64>,
     /// Seconds of writing in the lsyncd delay=15 rows (default: as --duration; quick: 3).
@@ -137,7 +137,7 @@ struct BenchArgs {
     #[arg(long)]
     converge_cap: Option<f64>,
     /// Longest wait, after the writer stops, for the tool to stop running rsync (default: the
-    /// convergence cap; quick 8).
+    /// convergence cap; quick 5).
     #[arg(long)]
     busy_cap: Option<f64>,
     /// Directory for images, mounts and logs (default /var/tmp/syncer-bench, or
@@ -236,7 +236,7 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
         Some(t) => t.split(',').map(Tool::parse).collect::<Result<Vec<_>>>()?,
         None => tools::ALL.to_vec(),
     };
-    let duration_s = a.duration.unwrap_or(if q { 4.0 } else { 20.0 });
+    let duration_s = a.duration.unwrap_or(if q { 3.0 } else { 20.0 });
     let tree_files = a.tree_files.unwrap_or(if q { 100_000 } else { 1_000_000 });
     let converge_cap_s = a.converge_cap.unwrap_or(if q { 20.0 } else { 60.0 });
     let ram = a.ram;
@@ -265,7 +265,7 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
                 .unwrap_or("rewrite=5,rename=3,delete=2,dirrename=0.02"),
         )?,
         converge_cap_s,
-        busy_cap_s: a.busy_cap.unwrap_or(if q { 8.0 } else { converge_cap_s }),
+        busy_cap_s: a.busy_cap.unwrap_or(if q { 5.0 } else { converge_cap_s }),
         work,
         out: a
             .out
