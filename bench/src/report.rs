@@ -230,7 +230,7 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(
             s,
             "| files/s | tool | achieved files/s | p50 | p90 | p99 | max | missing / wrong / extra | \
-             mtime off <1 s | converged after | rsync busy until | CPU s (tool tree) | syncer own CPU s | daemon CPU s | peak RSS MiB \
+             mtime off <1 s (files / dirs) | converged after | rsync busy until | CPU s (tool tree) | syncer own CPU s | daemon CPU s | peak RSS MiB \
              (tree / main) | rsync runs | p99 vs syncer | CPU vs syncer | other load |"
         );
         let _ = writeln!(s, "|{}", "---|".repeat(19));
@@ -294,7 +294,7 @@ pub fn markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {}{} | {} / {} / {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {}{} | {} / {} / {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
                 row.rate,
                 row.label,
                 cell(&row.achieved_rate, |x| format!("{x:.0}")),
@@ -307,6 +307,7 @@ pub fn markdown(r: &Report) -> String {
                 row.wrong_max,
                 row.extra_max,
                 row.mtime_subsec_max,
+                row.dirs_meta_wrong_max,
                 converged,
                 busy,
                 cell(&row.tool_cpu_s, num),
@@ -603,8 +604,8 @@ pub fn auto_notes(r: &Report) -> Vec<String> {
         .find_map(|s| s.diff.subsec_examples.first().map(|e| (s, e)))
     {
         n.push(format!(
-            "Files with the right bytes but an mtime off by under a second: {}. Every tool here \
-             runs rsync with its default quick check, which compares whole seconds: a file \
+            "Files with the right bytes but an mtime off by under a second: {}. These tools run \
+             rsync with its default quick check, which compares whole seconds: a file \
              rewritten while an rsync was sending it arrives with the new bytes and the old mtime \
              (from the file list), and the transfer the rewrite triggers is skipped as up to date \
              (e.g. {} in {} @ {}, source vs target).",
