@@ -389,11 +389,22 @@ impl Dispatcher {
                 self.down_until = Some(now + self.down_backoff);
                 warn!(target = %self.target, retry_in_ms = self.down_backoff.as_millis() as u64, pending = self.map.len(),
                       "target down: {}", last_line(&res.stderr));
+                // A receiver killed mid-transfer can leave its temporary files behind; once the
+                // target is back, a shallow pass with --delete over each directory that had a
+                // file in flight removes them.
+                let mut dirs = std::collections::BTreeSet::new();
                 for t in res.batch.entries {
                     self.unmark(&t.path, t.pending.op, now);
+                    if res.batch.kind == BatchKind::Plain {
+                        dirs.insert(t.path.parent().map(Path::to_path_buf).unwrap_or_default());
+                    }
                     let mut p = t.pending;
                     p.due = now;
                     self.map.complete(&t.path, Some(p));
+                }
+                for dir in dirs {
+                    self.map
+                        .schedule(&dir, Op::Shallow, now + Duration::from_millis(1));
                 }
             }
             outcome => {
