@@ -1,11 +1,12 @@
 //! `syncer check`: probes what this kernel and these privileges offer (fanotify reporting
-//! modes and marks, the queue, eBPF program types, inotify limits) and says which source `auto`
-//! would pick, and why. Every line comes from a real attempt, not from a version table.
+//! modes and marks, the queue, eBPF program types and the eBPF source's two sets of hooks,
+//! inotify limits) and says which source `auto` would pick, and why. Every line comes from a real attempt, not from a version table.
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use crate::config::QueueMode;
+use crate::source::ebpf;
 use crate::source::fanotify::{self, sys};
 
 /// One probed capability.
@@ -105,6 +106,10 @@ pub fn report(path: &Path) -> Report {
     for (name, ty, attach) in BPF_TYPES {
         probes.push(probe(name, bpf_load(*ty, *attach)));
     }
+    let [fsnotify_hooks, tracepoints] = ebpf::probe_hooks(path);
+    let (fsnotify_ok, tracepoints_ok) = (fsnotify_hooks.is_ok(), tracepoints.is_ok());
+    probes.push(probe("eBPF source: fsnotify hooks", fsnotify_hooks.clone()));
+    probes.push(probe("eBPF source: syscall tracepoints", tracepoints));
     for f in [
         "/proc/sys/fs/inotify/max_user_watches",
         "/proc/sys/fs/inotify/max_user_instances",
@@ -121,8 +126,12 @@ pub fn report(path: &Path) -> Report {
                 .unwrap_or_else(|e| e.to_string()),
         });
     }
-    let (auto, auto_why) = if fanotify_ok {
-        ("fanotify", "a filesystem mark with directory handles and names works: one mark covers the tree, no per-directory watches".to_string())
+    let (auto, auto_why) = if fsnotify_ok {
+        ("ebpf (fsnotify hooks)", "fentry on fsnotify sees every writer at VFS level, nfsd included, and filters and coalesces in the kernel".to_string())
+    } else if fanotify_ok {
+        ("fanotify", format!("a filesystem mark with directory handles and names works: one mark covers the tree, no per-directory watches (eBPF fsnotify hooks: {})", fsnotify_hooks.err().unwrap_or_default()))
+    } else if tracepoints_ok {
+        ("ebpf (syscall tracepoints)", format!("fanotify is unavailable ({}); syscall tracepoints need no watches but miss in-kernel writers such as nfsd", mark.err().unwrap_or_default()))
     } else {
         (
             "inotify",
@@ -220,7 +229,6 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(s, "auto would use: {} ({})", self.auto, self.auto_why)?;
-        writeln!(s, "eBPF source: not part of this build yet")?;
         f.write_str(&s)
     }
 }

@@ -46,6 +46,33 @@ pub enum QueueMode {
     Bounded,
 }
 
+/// Which kernel hooks the eBPF source attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfHooks {
+    /// fentry on the kernel's fsnotify calls where the kernel allows it, else syscall
+    /// tracepoints (the default).
+    Auto,
+    /// Only the fsnotify fentry hooks; fail if the kernel refuses them.
+    Fsnotify,
+    /// Only syscall tracepoints, even where fentry would load.
+    Tracepoints,
+}
+
+impl std::str::FromStr for EbpfHooks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EbpfHooks::Auto),
+            "fsnotify" => Ok(EbpfHooks::Fsnotify),
+            "tracepoints" => Ok(EbpfHooks::Tracepoints),
+            other => Err(format!(
+                "unknown eBPF hooks {other:?} (expected auto, fsnotify or tracepoints)"
+            )),
+        }
+    }
+}
+
 /// How rsync is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RsyncOptions {
@@ -73,6 +100,9 @@ pub struct Config {
     pub shards: usize,
     pub rsync: RsyncOptions,
     pub fanotify_queue: QueueMode,
+    pub ebpf_hooks: EbpfHooks,
+    /// Size of the eBPF source's ring buffer in bytes (a power of two, at least one page).
+    pub ebpf_ring_bytes: u32,
     /// How long shutdown waits for queued changes to drain.
     pub drain_timeout: Duration,
 }
@@ -93,6 +123,8 @@ pub struct Settings {
     pub rsync_args: Option<Vec<String>>,
     pub batch_max: Option<usize>,
     pub fanotify_queue: Option<QueueMode>,
+    pub ebpf_hooks: Option<EbpfHooks>,
+    pub ebpf_ring_kib: Option<u32>,
     pub drain_timeout_s: Option<u64>,
 }
 
@@ -137,6 +169,8 @@ impl Settings {
             rsync_args: self.rsync_args.or(lower.rsync_args),
             batch_max: self.batch_max.or(lower.batch_max),
             fanotify_queue: self.fanotify_queue.or(lower.fanotify_queue),
+            ebpf_hooks: self.ebpf_hooks.or(lower.ebpf_hooks),
+            ebpf_ring_kib: self.ebpf_ring_kib.or(lower.ebpf_ring_kib),
             drain_timeout_s: self.drain_timeout_s.or(lower.drain_timeout_s),
         }
     }
@@ -202,6 +236,13 @@ impl Settings {
                 msg: "must be at least 1".into(),
             });
         }
+        let ring_kib = self.ebpf_ring_kib.unwrap_or(8192);
+        if !(4..=1 << 20).contains(&ring_kib) || !ring_kib.is_power_of_two() {
+            return Err(ConfigError::Invalid {
+                flag: "ebpf_ring_kib",
+                msg: format!("{ring_kib} must be a power of two from 4 to 1048576"),
+            });
+        }
         Ok(Config {
             source,
             targets,
@@ -216,6 +257,8 @@ impl Settings {
                 io_timeout_s: 120,
             },
             fanotify_queue: self.fanotify_queue.unwrap_or(QueueMode::Unlimited),
+            ebpf_hooks: self.ebpf_hooks.unwrap_or(EbpfHooks::Auto),
+            ebpf_ring_bytes: ring_kib * 1024,
             drain_timeout: Duration::from_secs(self.drain_timeout_s.unwrap_or(60)),
         })
     }

@@ -108,6 +108,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let scfg = SourceConfig {
         root: cfg.source.clone(),
         queue: cfg.fanotify_queue,
+        ebpf_hooks: cfg.ebpf_hooks,
+        ebpf_ring_bytes: cfg.ebpf_ring_bytes,
     };
     let src = source::start(cfg.source_kind, &scfg, Sink::new(maps.clone()))?;
     let started = Instant::now();
@@ -141,6 +143,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         events = stats.events.load(Ordering::Relaxed),
         rescans = stats.rescans.load(Ordering::Relaxed),
         stale = stats.stale.load(Ordering::Relaxed),
+        lost = stats.lost.load(Ordering::Relaxed),
         "event source stopped"
     );
     let _ = shutdown_tx.send(true);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use syncer::config::{Settings, SourceKind};
+use syncer::config::{EbpfHooks, Settings, SourceKind};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +59,10 @@ struct RunArgs {
     /// Kernel event source: auto, fanotify, ebpf or inotify.
     #[arg(long, value_parser = |s: &str| s.parse::<SourceKind>())]
     source_kind: Option<SourceKind>,
+    /// Hooks of the eBPF source: auto (fsnotify fentry where the kernel allows it, else syscall
+    /// tracepoints), fsnotify or tracepoints.
+    #[arg(long, value_parser = |s: &str| s.parse::<EbpfHooks>())]
+    ebpf_hooks: Option<EbpfHooks>,
     /// Skip the full sync at start-up.
     #[arg(long)]
     no_initial_sync: bool,
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => {
             let extra = Settings {
                 source_kind: a.source_kind,
+                ebpf_hooks: a.ebpf_hooks,
                 initial_sync: a.no_initial_sync.then_some(false),
                 delay_ms: a.delay,
                 ..Settings::default()

@@ -59,7 +59,7 @@ fn check_reports_capabilities() {
         done.stderr
     );
     let out = format!("{}{}", done.stdout, done.stderr).to_lowercase();
-    for word in ["fanotify", "inotify"] {
+    for word in ["fanotify", "inotify", "ebpf"] {
         assert!(
             out.contains(word),
             "`syncer check` does not mention {word}:\n{out}"

@@ -1041,6 +1041,7 @@ fn converge(src: &Path, targets: &[&Path], timeout: Duration, mut syncer: Option
 pub enum SourceKind {
     Fanotify,
     Inotify,
+    Ebpf,
 }
 
 impl SourceKind {
@@ -1049,13 +1050,30 @@ impl SourceKind {
         match self {
             SourceKind::Fanotify => "fanotify",
             SourceKind::Inotify => "inotify",
+            SourceKind::Ebpf => "ebpf",
         }
+    }
+
+    /// The arguments that select this source: `--source-kind KIND`, and for eBPF the hooks
+    /// named by `SYNCER_E2E_EBPF_HOOKS` (`cargo xtask vm-test` runs the eBPF scenarios once
+    /// with `fsnotify` and once with `tracepoints`; unset, syncer picks).
+    pub fn args(self) -> Vec<String> {
+        let mut v = vec!["--source-kind".to_string(), self.arg().to_string()];
+        if self == SourceKind::Ebpf {
+            if let Some(h) = std::env::var("SYNCER_E2E_EBPF_HOOKS")
+                .ok()
+                .filter(|h| !h.is_empty())
+            {
+                v.extend(["--ebpf-hooks".to_string(), h]);
+            }
+        }
+        v
     }
 }
 
 /// Expands `per_source_kind!(scenario_a, scenario_b)` into, for each scenario function
-/// `fn scenario_a(kind: SourceKind)` of the current module, a module `scenario_a` with two tests:
-/// `scenario_a::fanotify` and `scenario_a::inotify`.
+/// `fn scenario_a(kind: SourceKind)` of the current module, a module `scenario_a` with three
+/// tests: `scenario_a::fanotify`, `scenario_a::inotify` and `scenario_a::ebpf`.
 macro_rules! per_source_kind {
     ($($scenario:ident),+ $(,)?) => {$(
         mod $scenario {
@@ -1067,6 +1085,11 @@ macro_rules! per_source_kind {
             #[test]
             fn inotify() {
                 super::$scenario($crate::util::SourceKind::Inotify);
+            }
+
+            #[test]
+            fn ebpf() {
+                super::$scenario($crate::util::SourceKind::Ebpf);
             }
         }
     )+};
@@ -1138,7 +1161,8 @@ impl Rig {
         let mut args: Vec<OsString> =
             vec!["run".into(), "--source".into(), self.src.clone().into()];
         args.extend(self.target_args());
-        args.extend(["--source-kind", kind.arg(), "--delay", DELAY_MS].map(OsString::from));
+        args.extend(kind.args().into_iter().map(OsString::from));
+        args.extend(["--delay", DELAY_MS].map(OsString::from));
         args.extend(extra.iter().map(OsString::from));
         Syncer::spawn(args)
     }

@@ -8,6 +8,7 @@
 //!
 //! [`ChangeKind::Rescan`]: crate::change::ChangeKind::Rescan
 
+pub mod ebpf;
 pub mod fanotify;
 pub mod inotify;
 
@@ -20,7 +21,7 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::change::Change;
-use crate::config::{QueueMode, SourceKind};
+use crate::config::{EbpfHooks, QueueMode, SourceKind};
 use crate::dedup::DedupMap;
 
 /// Why a source could not start.
@@ -74,6 +75,9 @@ pub struct SourceStats {
     pub rescans: AtomicU64,
     /// Records dropped because their directory no longer exists (a later removal covers them).
     pub stale: AtomicU64,
+    /// Records the kernel could not deliver (eBPF ring buffer full, unreadable names); each
+    /// batch of losses caused a rescan.
+    pub lost: AtomicU64,
 }
 
 /// What a started source needs.
@@ -81,6 +85,8 @@ pub struct SourceStats {
 pub struct SourceConfig {
     pub root: PathBuf,
     pub queue: QueueMode,
+    pub ebpf_hooks: EbpfHooks,
+    pub ebpf_ring_bytes: u32,
 }
 
 /// A running source; dropping it without [`SourceHandle::stop`] leaves the thread running
@@ -119,22 +125,11 @@ pub fn start(
             SourceKind::Inotify,
             inotify::start(cfg, sink, stop.clone(), stats.clone())?,
         ),
-        SourceKind::Ebpf => return Err(SourceError::Unsupported {
-            kind: "ebpf",
-            why:
-                "the eBPF source is not part of this build yet; use --source-kind fanotify or auto"
-                    .into(),
-        }),
-        SourceKind::Auto => match fanotify::start(cfg, sink.clone(), stop.clone(), stats.clone()) {
-            Ok(t) => (SourceKind::Fanotify, t),
-            Err(e) => {
-                info!("auto: fanotify unavailable ({e}); falling back to inotify");
-                (
-                    SourceKind::Inotify,
-                    inotify::start(cfg, sink, stop.clone(), stats.clone())?,
-                )
-            }
-        },
+        SourceKind::Ebpf => (
+            SourceKind::Ebpf,
+            ebpf::start(cfg, sink, stop.clone(), stats.clone())?,
+        ),
+        SourceKind::Auto => auto(cfg, sink, &stop, &stats)?,
     };
     Ok(SourceHandle {
         kind,
@@ -142,6 +137,58 @@ pub fn start(
         thread: Some(thread),
         stats,
     })
+}
+
+/// `auto`: the first source that starts, best first. The eBPF fsnotify hooks see what
+/// fanotify sees and filter and coalesce in the kernel; fanotify needs no BPF; eBPF syscall
+/// tracepoints miss in-kernel writers but need no file-handle support from the filesystem;
+/// inotify needs a watch per directory.
+fn auto(
+    cfg: &SourceConfig,
+    sink: Sink,
+    stop: &Arc<AtomicBool>,
+    stats: &Arc<SourceStats>,
+) -> Result<(SourceKind, JoinHandle<()>), SourceError> {
+    let with_hooks = |ebpf_hooks| SourceConfig {
+        ebpf_hooks,
+        ..cfg.clone()
+    };
+    let fsnotify_hooks = match cfg.ebpf_hooks {
+        EbpfHooks::Auto => EbpfHooks::Fsnotify,
+        h => h,
+    };
+    let mut why = Vec::new();
+    if fsnotify_hooks == EbpfHooks::Fsnotify {
+        match ebpf::start(
+            &with_hooks(fsnotify_hooks),
+            sink.clone(),
+            stop.clone(),
+            stats.clone(),
+        ) {
+            Ok(t) => return Ok((SourceKind::Ebpf, t)),
+            Err(e) => why.push(format!("eBPF fsnotify hooks: {e}")),
+        }
+    }
+    match fanotify::start(cfg, sink.clone(), stop.clone(), stats.clone()) {
+        Ok(t) => return Ok((SourceKind::Fanotify, t)),
+        Err(e) => why.push(format!("fanotify: {e}")),
+    }
+    if cfg.ebpf_hooks != EbpfHooks::Fsnotify {
+        match ebpf::start(
+            &with_hooks(EbpfHooks::Tracepoints),
+            sink.clone(),
+            stop.clone(),
+            stats.clone(),
+        ) {
+            Ok(t) => return Ok((SourceKind::Ebpf, t)),
+            Err(e) => why.push(format!("eBPF tracepoints: {e}")),
+        }
+    }
+    info!("auto: falling back to inotify ({})", why.join("; "));
+    Ok((
+        SourceKind::Inotify,
+        inotify::start(cfg, sink, stop.clone(), stats.clone())?,
+    ))
 }
 
 /// `abs` relative to `root`, if it lies in it (the root itself is the empty path).

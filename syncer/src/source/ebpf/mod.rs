@@ -1,0 +1,457 @@
+//! The eBPF source: loads syncer's BPF program (`syncer-ebpf`, committed as `syncer.bpf.o` and
+//! built by `cargo xtask build-ebpf`) with aya, attaches the best hooks this kernel allows and
+//! turns ring-buffer records into [`Change`]s.
+//!
+//! Hooks, in order of preference (see ARCHITECTURE.md for what each sees):
+//! 1. fentry on `fsnotify` and `__fsnotify_parent`: VFS level, after success, every writer
+//!    including nfsd. Kernels skip fsnotify for filesystems without any fsnotify mark, so this
+//!    mode also holds one inotify watch on the source root.
+//! 2. Syscall tracepoints, where fentry is refused: only system calls of processes.
+//!
+//! Paths are walked in the kernel up to the filesystem root and placed here ([`record`]). A
+//! full ring buffer, an unreadable name or a walk that did not reach the root counts as a loss
+//! (the `LOST` counter, exposed as [`SourceStats::lost`]) and becomes a rescan.
+//!
+//! [`Change`]: crate::change::Change
+
+pub mod btf;
+pub mod record;
+pub mod syscalls;
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{FEntry, RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use syncer_ebpf_abi::{counter, Config, SysDesc, SYSCALL_SLOTS};
+use tracing::{debug, info, warn};
+
+use self::record::{Placed, Placement};
+use super::{Sink, SourceConfig, SourceError, SourceStats};
+use crate::change::Change;
+use crate::config::EbpfHooks;
+use crate::source::fanotify::changes_for;
+
+/// The BPF object, built from `syncer-ebpf` by `cargo xtask build-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("syncer.bpf.o");
+
+/// Ring buffer size for `syncer check`'s probe.
+const PROBE_RING_BYTES: u32 = 64 << 10;
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Which hooks ended up attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// fentry on fsnotify.
+    Fsnotify,
+    /// The raw syscall tracepoints: how many calls are followed, and why the fsnotify hooks
+    /// were not used.
+    Tracepoints { calls: usize, why: String },
+}
+
+/// A loaded and attached program with the maps the reader needs.
+pub struct Loaded {
+    _ebpf: Ebpf,
+    pub attached: Attached,
+    events: RingBuf<MapData>,
+    dirty: BpfHashMap<MapData, u64, u8>,
+    counters: PerCpuArray<MapData, u64>,
+    /// The inotify watch that keeps fsnotify running on the source filesystem (fentry mode).
+    _watch: Option<OwnedFd>,
+}
+
+fn bpf_err(what: &str, e: impl std::fmt::Display) -> SourceError {
+    let msg = e.to_string();
+    if msg.contains("Operation not permitted") || msg.contains("EPERM") {
+        SourceError::NotPermitted {
+            kind: "ebpf",
+            what: "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+            source: std::io::Error::other(format!("{what}: {msg}")),
+        }
+    } else {
+        SourceError::Io {
+            what: format!("eBPF: {what}"),
+            source: std::io::Error::other(msg),
+        }
+    }
+}
+
+/// Mounts tracefs where it is missing (tracepoints are attached by their tracefs ids).
+fn ensure_tracefs() -> Result<(), SourceError> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| SourceError::Unsupported {
+        kind: "ebpf",
+        why: format!("tracefs is not mounted at {TRACEFS} and mounting it failed ({e})"),
+    })?;
+    info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// The byte offset of `child_pid` in this kernel's sched_process_fork record.
+fn fork_child_pid_offset() -> Result<u32, SourceError> {
+    let path = Path::new(TRACEFS).join("events/sched/sched_process_fork/format");
+    let text = std::fs::read_to_string(&path).map_err(|e| SourceError::Io {
+        what: format!("read {}", path.display()),
+        source: e,
+    })?;
+    text.lines()
+        .find(|l| l.contains(" child_pid;"))
+        .and_then(|l| l.split("offset:").nth(1))
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| SourceError::Unsupported {
+            kind: "ebpf",
+            why: format!("no child_pid field in {}", path.display()),
+        })
+}
+
+/// The kernel's internal encoding of a device number (`MKDEV`).
+fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
+/// Loads the program for the filesystem holding `placement.root` and attaches hooks.
+pub fn load(
+    placement: &Placement,
+    hooks: EbpfHooks,
+    ring_bytes: u32,
+) -> Result<Loaded, SourceError> {
+    ensure_tracefs()?;
+    let offsets = btf::Btf::from_sys_fs()
+        .and_then(|b| b.offsets())
+        .map_err(|e| SourceError::Unsupported {
+            kind: "ebpf",
+            why: format!("kernel BTF is needed to find structure offsets: {e}"),
+        })?;
+    let kbtf = aya::Btf::from_sys_fs().ok();
+    let mut ebpf = EbpfLoader::new()
+        .btf(kbtf.as_ref())
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(OBJECT)
+        .map_err(|e| bpf_err("load the BPF object", e))?;
+
+    let mut config = Config {
+        dev: kernel_dev(placement.dev),
+        ready: 1,
+        off: offsets,
+    };
+    config.off.fork_child_pid = fork_child_pid_offset()?;
+    let mut cfg_map: Array<_, Config> =
+        Array::try_from(ebpf.map_mut("CONFIG").expect("CONFIG map"))
+            .map_err(|e| bpf_err("open CONFIG", e))?;
+    cfg_map
+        .set(0, config, 0)
+        .map_err(|e| bpf_err("write CONFIG", e))?;
+    let mut exclude: BpfHashMap<_, u32, u8> =
+        BpfHashMap::try_from(ebpf.map_mut("EXCLUDE").expect("EXCLUDE map"))
+            .map_err(|e| bpf_err("open EXCLUDE", e))?;
+    exclude
+        .insert(std::process::id(), 1, 0)
+        .map_err(|e| bpf_err("write EXCLUDE", e))?;
+
+    for (prog, event) in [
+        ("sched_fork", "sched_process_fork"),
+        ("sched_exit", "sched_process_exit"),
+    ] {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .expect("program in object")
+            .try_into()
+            .expect("tracepoint program");
+        tp.load().map_err(|e| bpf_err(&format!("load {prog}"), e))?;
+        tp.attach("sched", event)
+            .map_err(|e| bpf_err(&format!("attach sched/{event}"), e))?;
+    }
+
+    let (attached, watch) = match hooks {
+        EbpfHooks::Tracepoints => (
+            attach_tracepoints(&mut ebpf, "tracepoints chosen by ebpf_hooks".into())?,
+            None,
+        ),
+        EbpfHooks::Fsnotify | EbpfHooks::Auto => {
+            match attach_fsnotify(&mut ebpf, kbtf.as_ref(), &placement.root) {
+                Ok(watch) => (Attached::Fsnotify, Some(watch)),
+                Err(e) if hooks == EbpfHooks::Auto => {
+                    let why = e.to_string();
+                    (attach_tracepoints(&mut ebpf, why)?, None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").expect("EVENTS map"))
+        .map_err(|e| bpf_err("open EVENTS", e))?;
+    let dirty = BpfHashMap::try_from(ebpf.take_map("DIRTY").expect("DIRTY map"))
+        .map_err(|e| bpf_err("open DIRTY", e))?;
+    let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").expect("COUNTERS map"))
+        .map_err(|e| bpf_err("open COUNTERS", e))?;
+    Ok(Loaded {
+        _ebpf: ebpf,
+        attached,
+        events,
+        dirty,
+        counters,
+        _watch: watch,
+    })
+}
+
+/// fentry on the two fsnotify entry points, plus the inotify watch that keeps them called.
+fn attach_fsnotify(
+    ebpf: &mut Ebpf,
+    kbtf: Option<&aya::Btf>,
+    root: &Path,
+) -> Result<OwnedFd, SourceError> {
+    let kbtf = kbtf.ok_or_else(|| SourceError::Unsupported {
+        kind: "fentry",
+        why: "it needs kernel BTF".into(),
+    })?;
+    for (prog, func) in [
+        ("fsnotify", "fsnotify"),
+        ("fsnotify_parent", "__fsnotify_parent"),
+    ] {
+        let p: &mut FEntry = ebpf
+            .program_mut(prog)
+            .expect("program in object")
+            .try_into()
+            .expect("fentry program");
+        let refused = |what: &str, e: &dyn std::error::Error| SourceError::Unsupported {
+            kind: "fentry",
+            why: format!(
+                "{what} fentry/{func}: {}",
+                e.to_string().trim_end_matches(". Verifier output: ")
+            ),
+        };
+        p.load(func, kbtf).map_err(|e| refused("loading", &e))?;
+        p.attach().map_err(|e| refused("attaching", &e))?;
+    }
+    // SAFETY: plain syscalls; the fd is owned from here on.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(SourceError::Io {
+            what: "inotify_init1".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str()))
+        .expect("paths have no NUL");
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_DELETE_SELF) } < 0 {
+        return Err(SourceError::Io {
+            what: format!("inotify watch on {}", root.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(fd)
+}
+
+/// An error with its sources ("load fentry/fsnotify: the program could not be loaded: EPERM").
+fn verbose(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+/// The raw `sys_enter`/`sys_exit` tracepoints, with the table of followed calls. Two raw
+/// tracepoints rather than one tracepoint per call: detaching a tracepoint waits for RCU grace
+/// periods one after the other, which made shutdown take seconds with a hundred of them, while
+/// the cost of a raw tracepoint on calls not followed is one array lookup.
+fn attach_tracepoints(ebpf: &mut Ebpf, why: String) -> Result<Attached, SourceError> {
+    let table = syscalls::table();
+    let mut map: Array<_, SysDesc> =
+        Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS map"))
+            .map_err(|e| bpf_err("open SYSCALLS", e))?;
+    let mut calls = 0;
+    for sc in &table {
+        if (0..SYSCALL_SLOTS as i64).contains(&sc.nr) {
+            map.set(sc.nr as u32, sc.desc, 0)
+                .map_err(|e| bpf_err("write SYSCALLS", e))?;
+            calls += 1;
+        }
+    }
+    // Exit first: an entry without its exit would leave its saved arguments behind.
+    for prog in ["sys_exit", "sys_enter"] {
+        let tp: &mut RawTracePoint = ebpf
+            .program_mut(prog)
+            .expect("program in object")
+            .try_into()
+            .expect("raw tracepoint program");
+        tp.load()
+            .map_err(|e| bpf_err(&format!("load {prog}"), verbose(&e)))?;
+        tp.attach(prog)
+            .map_err(|e| bpf_err(&format!("attach raw tracepoint {prog}"), verbose(&e)))?;
+    }
+    Ok(Attached::Tracepoints { calls, why })
+}
+
+/// For `syncer check`: whether each set of hooks loads and attaches on the filesystem of
+/// `path` (fsnotify fentry, then syscall tracepoints), each tried for real and detached again.
+pub fn probe_hooks(path: &Path) -> [Result<String, String>; 2] {
+    let placement = match Placement::find(path) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = format!("cannot place {}: {e}", path.display());
+            return [Err(e.clone()), Err(e)];
+        }
+    };
+    [EbpfHooks::Fsnotify, EbpfHooks::Tracepoints].map(|hooks| {
+        load(&placement, hooks, PROBE_RING_BYTES)
+            .map(|l| match l.attached {
+                Attached::Fsnotify => {
+                    "fentry on fsnotify and __fsnotify_parent load and attach".to_string()
+                }
+                Attached::Tracepoints { calls, .. } => {
+                    format!(
+                        "raw sys_enter/sys_exit load and attach ({calls} system calls followed)"
+                    )
+                }
+            })
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Starts the eBPF source thread.
+pub fn start(
+    cfg: &SourceConfig,
+    sink: Sink,
+    stop: Arc<AtomicBool>,
+    stats: Arc<SourceStats>,
+) -> Result<JoinHandle<()>, SourceError> {
+    let placement = Placement::find(&cfg.root).map_err(|e| SourceError::Io {
+        what: format!("find the filesystem of {}", cfg.root.display()),
+        source: e,
+    })?;
+    let loaded = load(&placement, cfg.ebpf_hooks, cfg.ebpf_ring_bytes)?;
+    match &loaded.attached {
+        Attached::Fsnotify => info!(
+            root = %cfg.root.display(),
+            "event source live: eBPF fentry on fsnotify (VFS level: sees every writer, nfsd included)"
+        ),
+        Attached::Tracepoints { calls, why } => {
+            warn!(
+                "eBPF: {why}; falling back to syscall tracepoints, which do not see in-kernel \
+                 writers (nfsd, ksmbd), io_uring, or writes through shared mappings before close"
+            );
+            info!(
+                root = %cfg.root.display(),
+                calls,
+                "event source live: eBPF syscall tracepoints"
+            );
+        }
+    }
+    let mut reader = Reader {
+        loaded,
+        placement,
+        sink,
+        stats,
+        out: Vec::with_capacity(1024),
+        lost_seen: 0,
+    };
+    std::thread::Builder::new()
+        .name("ebpf".into())
+        .spawn(move || reader.run(&stop))
+        .map_err(|e| SourceError::Io {
+            what: "spawn eBPF thread".into(),
+            source: e,
+        })
+}
+
+struct Reader {
+    loaded: Loaded,
+    placement: Placement,
+    sink: Sink,
+    stats: Arc<SourceStats>,
+    out: Vec<Change>,
+    lost_seen: u64,
+}
+
+impl Reader {
+    fn run(&mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd: self.loaded.events.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 200) };
+            self.drain();
+            self.check_lost();
+            self.sink.push(&self.out);
+            self.out.clear();
+        }
+        debug!("eBPF source stopped");
+    }
+
+    /// Reads every record in the ring.
+    fn drain(&mut self) {
+        let Loaded { events, dirty, .. } = &mut self.loaded;
+        while let Some(item) = events.next() {
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            let rec = match record::decode(&item) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("{e}; rescanning the whole tree");
+                    self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                    self.out.push(Change::rescan(""));
+                    continue;
+                }
+            };
+            if rec.key != 0 {
+                // From here on the kernel reports this inode again; the change below is
+                // transferred after this point, so nothing written before it is missed.
+                let _ = dirty.remove(&rec.key);
+            }
+            match self.placement.place(&rec) {
+                Placed::Inside(rel) => {
+                    let is_dir = self.placement.is_dir(&rec, &rel);
+                    changes_for(rec.mask as u64, &rel, is_dir, &mut self.out);
+                }
+                Placed::Outside => {}
+                Placed::Lost => {
+                    warn!("an eBPF record's path is too deep to walk; rescanning the whole tree");
+                    self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                    self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                    self.out.push(Change::rescan(""));
+                }
+            }
+        }
+    }
+
+    /// Records the kernel side could not deliver become a rescan.
+    fn check_lost(&mut self) {
+        let Ok(per_cpu) = self.loaded.counters.get(&counter::LOST, 0) else {
+            return;
+        };
+        let lost: u64 = per_cpu.iter().sum();
+        if lost > self.lost_seen {
+            let n = lost - self.lost_seen;
+            self.lost_seen = lost;
+            warn!(
+                lost = n,
+                "eBPF records lost (ring buffer full or unreadable names); rescanning the whole tree"
+            );
+            self.stats.lost.fetch_add(n, Ordering::Relaxed);
+            self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+            self.out.push(Change::rescan(""));
+        }
+    }
+}
