@@ -435,12 +435,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let t_start = mono_ns();
     let mut meta = meta(&o);
     let mut ctx = Ctx::new(o.clone())?;
-    let runnable: Vec<Tool> = o
-        .tools
-        .iter()
-        .copied()
-        .filter(|t| *t != Tool::SyncerEbpf)
-        .collect();
+    let runnable: Vec<Tool> = o.tools.clone();
     let total = o.repeat * o.rates.len() * runnable.len();
     let mut samples = Vec::new();
     let mut i = 0;

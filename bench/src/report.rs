@@ -239,16 +239,6 @@ pub fn markdown(r: &Report) -> String {
                 .summary
                 .iter()
                 .find(|x| x.rate == row.rate && x.tool == Tool::SyncerFanotify.id());
-            if row.tool == Tool::SyncerEbpf.id() {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | not built yet: skipped |{}",
-                    row.rate,
-                    row.label,
-                    " |".repeat(17)
-                );
-                continue;
-            }
             if row.failed == row.runs {
                 let _ = writeln!(
                     s,
@@ -394,7 +384,6 @@ fn tree_tables(s: &mut String, t: &TreeSection) {
             }
         );
     }
-    let _ = writeln!(s, "| syncer (ebpf) | not built yet: skipped | | | | | |");
     let _ = writeln!(
         s,
         "\n## Initial sync of the big tree to an empty target\n\n\

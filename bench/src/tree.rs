@@ -168,6 +168,7 @@ pub fn run(c: &mut Ctx) -> Result<TreeSection> {
         for tool in [
             Tool::SyncerFanotify,
             Tool::SyncerInotify,
+            Tool::SyncerEbpf,
             Tool::Script,
             Tool::LsyncdD15,
         ] {
