@@ -156,6 +156,10 @@ pub struct Offsets {
     pub inode_dentry: u32,
     pub dentry_alias: u32,
     pub sb_dev: u32,
+    /// `struct renamedata`: `old_dentry`, `new_dentry`, `flags` (the VFS hooks).
+    pub rd_old_dentry: u32,
+    pub rd_new_dentry: u32,
+    pub rd_flags: u32,
     /// Offsets in `struct pt_regs` of the six system call arguments.
     pub regs_arg: [u32; 6],
     /// Offset of `child_pid` in the sched_process_fork tracepoint record.

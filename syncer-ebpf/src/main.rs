@@ -22,9 +22,9 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     cty::c_void,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, generated as gen},
-    macros::{fentry, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, RawTracePointContext, TracePointContext},
+    macros::{fentry, fexit, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
 use syncer_ebpf_abi::*;
 
@@ -131,47 +131,85 @@ unsafe fn inode_is_dir(c: &Config, inode: u64) -> bool {
     matches!(rd::<u16>(inode + c.off.inode_mode as u64), Some(m) if m & S_IFMT == S_IFDIR)
 }
 
+/// `v & mask`, with the mask kept in the program: LLVM drops a mask it can prove redundant
+/// from earlier range checks, and older verifiers (Linux 6.1) cannot follow those checks
+/// through the loop, so they would see an unbounded offset into the scratch buffer.
+#[inline(always)]
+fn masked(v: usize, mask: usize) -> usize {
+    // SAFETY: reads a local variable.
+    unsafe { core::ptr::read_volatile(&v) & mask }
+}
+
 #[inline(always)]
 fn scratch() -> Option<*mut u8> {
     SCRATCH.get_ptr_mut(0).map(|p| p as *mut u8)
 }
 
-/// Appends the components from dentry `d` up to the filesystem root at `off`, leaf first.
-/// Returns the end offset and whether the root was reached.
-#[inline(always)]
-unsafe fn walk(c: &Config, buf: *mut u8, mut off: usize, mut d: u64) -> (usize, bool) {
-    let mut i = 0;
-    while i < MAX_DEPTH {
-        i += 1;
-        let parent: u64 = match rd(d + c.off.dentry_parent as u64) {
-            Some(p) => p,
-            None => return (off, false),
-        };
-        if parent == d || parent == 0 {
-            return (off, true);
-        }
-        if off > OFF_MASK - 256 {
-            return (off, false);
-        }
-        let qs = d + c.off.dentry_name as u64;
-        let (len, name) = match (
-            rd::<u32>(qs + c.off.qstr_len as u64),
-            rd::<u64>(qs + c.off.qstr_name as u64),
-        ) {
-            (Some(l), Some(n)) => ((l & 0xff) as usize, n),
-            _ => return (off, false),
-        };
-        let p = buf.add(off & OFF_MASK);
-        *p = len as u8;
-        if gen::bpf_probe_read_kernel(p.add(1) as *mut c_void, len as u32, name as *const c_void)
-            != 0
-        {
-            return (off, false);
-        }
-        off += 1 + len;
-        d = parent;
+/// State of one directory walk, on the caller's stack, shared with [`walk_step`].
+#[repr(C)]
+struct Walk {
+    off: u64,
+    dentry: u64,
+    whole: u64,
+}
+
+/// One level of [`walk`]: appends the name of `w.dentry` and moves to its parent. Returns 1 to
+/// stop (root reached, buffer full or a read failed), 0 to go on.
+unsafe extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = &mut *(ctx as *mut Walk);
+    let (Some(c), Some(buf)) = (config(), scratch()) else {
+        return 1;
+    };
+    let d = w.dentry;
+    let Some(parent) = rd::<u64>(d + c.off.dentry_parent as u64) else {
+        return 1;
+    };
+    if parent == d || parent == 0 {
+        w.whole = 1;
+        return 1;
     }
-    (off, false)
+    let off = w.off as usize;
+    if off > OFF_MASK - 256 {
+        return 1;
+    }
+    let qs = d + c.off.dentry_name as u64;
+    let (len, name) = match (
+        rd::<u32>(qs + c.off.qstr_len as u64),
+        rd::<u64>(qs + c.off.qstr_name as u64),
+    ) {
+        (Some(l), Some(n)) => ((l & 0xff) as usize, n),
+        _ => return 1,
+    };
+    let p = buf.add(masked(off, OFF_MASK));
+    *p = len as u8;
+    if gen::bpf_probe_read_kernel(p.add(1) as *mut c_void, len as u32, name as *const c_void) != 0 {
+        return 1;
+    }
+    w.off = (off + 1 + len) as u64;
+    w.dentry = parent;
+    0
+}
+
+/// Appends the components from dentry `d` up to the filesystem root at `off` of the scratch
+/// buffer, leaf first. Returns the end offset and whether the root was reached.
+///
+/// The loop is `bpf_loop` (Linux 5.17+) so that the verifier checks its body once: inlined as
+/// a bounded loop at every call site, the programs exceeded the 1M-instruction verification
+/// budget of Linux 6.1.
+#[inline(always)]
+unsafe fn walk(off: usize, d: u64) -> (usize, bool) {
+    let mut w = Walk {
+        off: off as u64,
+        dentry: d,
+        whole: 0,
+    };
+    gen::bpf_loop(
+        MAX_DEPTH,
+        walk_step as *mut c_void,
+        &mut w as *mut Walk as *mut c_void,
+        0,
+    );
+    (w.off as usize, w.whole != 0)
 }
 
 /// Writes the header and sends `off` bytes of the scratch buffer.
@@ -192,7 +230,7 @@ unsafe fn submit(
     (*h)._pad = 0;
     (*h).tgid = tgid();
     (*h).key = key;
-    let len = off & 0x3fff;
+    let len = masked(off, SCRATCH_LEN - 1);
     let data = core::slice::from_raw_parts(buf as *const u8, len);
     if EVENTS.output::<[u8]>(data, 0).is_ok() {
         count(counter::EMITTED);
@@ -221,7 +259,7 @@ unsafe fn emit_inode(c: &Config, mask: u32, dentry: u64, inode: u64) {
     } else {
         mask
     };
-    let (off, whole) = walk(c, buf, HEADER_LEN, dentry);
+    let (off, whole) = walk(HEADER_LEN, dentry);
     let flags = if whole { 0 } else { F_TRUNCATED };
     if !submit(buf, mask, flags, 0, off, key) && key != 0 {
         let _ = DIRTY.remove(key);
@@ -273,7 +311,7 @@ unsafe fn emit_path(c: &Config, mask: u32, flags: u16, dfd: u64, uptr: u64) {
         }
         return;
     }
-    let (off, whole) = walk(c, buf, HEADER_LEN + n, base);
+    let (off, whole) = walk(HEADER_LEN + n, base);
     submit(
         buf,
         mask,
@@ -352,7 +390,7 @@ unsafe fn on_fsnotify(ctx: &FEntryContext) {
         {
             return count(counter::LOST);
         }
-        let (off, whole) = walk(c, buf, HEADER_LEN + len, dentry);
+        let (off, whole) = walk(HEADER_LEN + len, dentry);
         let flags = if whole { 0 } else { F_TRUNCATED };
         submit(buf, entry | (mask & EV_ISDIR), flags, len, off, 0);
     } else if dir == 0 && inode != 0 && mask & EV_ISDIR != 0 && mask & (EV_MODIFY | EV_ATTRIB) != 0
@@ -366,6 +404,152 @@ unsafe fn on_fsnotify(ctx: &FEntryContext) {
         };
         emit_inode(c, mask & (EV_MODIFY | EV_ATTRIB), dentry, inode);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VFS level, for kernels where fentry cannot attach to fsnotify() (seven arguments: x86_64
+// trampolines take more than six only since Linux 6.5): fexit on the vfs_* entry points that
+// every writer, nfsd included, goes through, with `__fsnotify_parent` above for data and
+// attribute changes of files.
+
+/// A change to the entry `dentry` itself (its name under its parent), when `ret` is success.
+#[inline(always)]
+unsafe fn on_vfs(mask: u32, dentry: u64, ret: i64) {
+    let Some(c) = config() else { return };
+    if ret != 0 || dentry == 0 || dentry_dev(c, dentry) != Some(c.dev) || excluded() {
+        return;
+    }
+    let Some(buf) = scratch() else { return };
+    let mask = match rd::<u64>(dentry + c.off.dentry_inode as u64) {
+        Some(inode) if inode != 0 && inode_is_dir(c, inode) => mask | EV_ISDIR,
+        _ => mask,
+    };
+    let (off, whole) = walk(HEADER_LEN, dentry);
+    submit(buf, mask, if whole { 0 } else { F_TRUNCATED }, 0, off, 0);
+}
+
+/// `vfs_open(path, file)`: a file that this open created (`FMODE_CREATED`).
+#[fexit(function = "vfs_open")]
+pub fn vfs_open_exit(ctx: FExitContext) -> i32 {
+    let (path, file, ret): (u64, u64, i64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if let Some(c) = config() {
+        unsafe {
+            if matches!(rd::<u32>(file + c.off.file_mode as u64), Some(m) if m & FMODE_CREATED != 0)
+            {
+                if let Some(d) = rd::<u64>(path + c.off.path_dentry as u64) {
+                    on_vfs(EV_CREATE, d, ret);
+                }
+            }
+        }
+    }
+    0
+}
+
+/// `vfs_create(idmap, dir, dentry, mode, excl)` (nfsd; open(2) creates through `vfs_open`).
+#[fexit(function = "vfs_create")]
+pub fn vfs_create_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_CREATE, ctx.arg(2), ctx.arg(5)) };
+    0
+}
+
+/// `vfs_mknod(idmap, dir, dentry, mode, dev)`.
+#[fexit(function = "vfs_mknod")]
+pub fn vfs_mknod_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_CREATE, ctx.arg(2), ctx.arg(5)) };
+    0
+}
+
+/// `vfs_mkdir(idmap, dir, dentry, mode)`.
+#[fexit(function = "vfs_mkdir")]
+pub fn vfs_mkdir_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_CREATE | EV_ISDIR, ctx.arg(2), ctx.arg(4)) };
+    0
+}
+
+/// `vfs_symlink(idmap, dir, dentry, oldname)`.
+#[fexit(function = "vfs_symlink")]
+pub fn vfs_symlink_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_CREATE, ctx.arg(2), ctx.arg(4)) };
+    0
+}
+
+/// `vfs_link(old_dentry, idmap, dir, new_dentry, delegated)`.
+#[fexit(function = "vfs_link")]
+pub fn vfs_link_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_CREATE, ctx.arg(3), ctx.arg(5)) };
+    0
+}
+
+/// `vfs_unlink(idmap, dir, dentry, delegated)`: the dentry keeps its name and parent.
+#[fexit(function = "vfs_unlink")]
+pub fn vfs_unlink_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_DELETE, ctx.arg(2), ctx.arg(4)) };
+    0
+}
+
+/// `vfs_rmdir(idmap, dir, dentry)`.
+#[fexit(function = "vfs_rmdir")]
+pub fn vfs_rmdir_exit(ctx: FExitContext) -> i32 {
+    unsafe { on_vfs(EV_DELETE | EV_ISDIR, ctx.arg(2), ctx.arg(3)) };
+    0
+}
+
+/// `vfs_rename(rd)` before the move: the old name, while `old_dentry` still has it. Reported
+/// even if the rename then fails, which only costs a transfer of a path that did not change.
+#[fentry(function = "vfs_rename")]
+pub fn vfs_rename_entry(ctx: FEntryContext) -> i32 {
+    let rd_: u64 = ctx.arg(0);
+    if let Some(c) = config() {
+        unsafe {
+            if let Some(old) = rd::<u64>(rd_ + c.off.rd_old_dentry as u64) {
+                on_vfs(EV_MOVED_FROM, old, 0);
+            }
+        }
+    }
+    0
+}
+
+/// `vfs_rename(rd)` after success: `old_dentry` now has the new name; with RENAME_EXCHANGE,
+/// `new_dentry` has the old one and both names got a new object.
+#[fexit(function = "vfs_rename")]
+pub fn vfs_rename_exit(ctx: FExitContext) -> i32 {
+    let (rd_, ret): (u64, i64) = (ctx.arg(0), ctx.arg(1));
+    if let Some(c) = config() {
+        unsafe {
+            let flags = rd::<u32>(rd_ + c.off.rd_flags as u64).unwrap_or(0) as u64;
+            if let Some(old) = rd::<u64>(rd_ + c.off.rd_old_dentry as u64) {
+                on_vfs(EV_MOVED_TO, old, ret);
+            }
+            if flags & RENAME_EXCHANGE != 0 {
+                if let Some(new) = rd::<u64>(rd_ + c.off.rd_new_dentry as u64) {
+                    on_vfs(EV_MOVED_FROM | EV_MOVED_TO, new, ret);
+                }
+            }
+        }
+    }
+    0
+}
+
+/// `notify_change(idmap, dentry, attr, delegated)`: attributes and size, directories included
+/// (`__fsnotify_parent` covers files only).
+#[fexit(function = "notify_change")]
+pub fn notify_change_exit(ctx: FExitContext) -> i32 {
+    let (dentry, ret): (u64, i64) = (ctx.arg(1), ctx.arg(4));
+    if ret != 0 || dentry == 0 {
+        return 0;
+    }
+    if let Some(c) = config() {
+        unsafe {
+            let Some(inode) = rd::<u64>(dentry + c.off.dentry_inode as u64) else {
+                return 0;
+            };
+            if inode == 0 || inode_dev(c, inode) != Some(c.dev) || excluded() {
+                return 0;
+            }
+            emit_inode(c, EV_ATTRIB, dentry, inode);
+        }
+    }
+    0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,98 +655,174 @@ unsafe fn on_exit(ctx: &RawTracePointContext) {
         return;
     };
     let _ = PENDING.remove(id);
-    let Some(c) = config() else { return };
     let ret: i64 = ctx.arg(1);
     if ret < 0 {
         return;
     }
     let Some(d) = SYSCALLS.get(p.nr) else { return };
-    match d.op {
-        op::FD_WRITE | op::FD_ATTR => {
-            let ev = if d.op == op::FD_WRITE {
-                EV_MODIFY
-            } else {
-                EV_ATTRIB
-            };
-            on_fd(c, ev, arg(&p, d.fd));
-        }
-        op::OPEN | op::OPENAT2 => {
-            let flags = if d.flags < 0 {
-                // creat()
-                O_CREAT | O_TRUNC
-            } else if d.op == op::OPENAT2 {
-                aya_ebpf::helpers::bpf_probe_read_user(arg(&p, d.flags) as *const u64)
-                    .unwrap_or(O_CREAT)
-            } else {
-                arg(&p, d.flags)
-            };
-            if flags & (O_CREAT | O_TRUNC) == 0 || flags & O_TMPFILE_BIT != 0 {
-                return;
-            }
-            let Some(f) = fd_file(c, ret as u64) else {
-                return;
-            };
-            let created =
-                matches!(rd::<u32>(f + c.off.file_mode as u64), Some(m) if m & FMODE_CREATED != 0);
-            if created {
-                let Some(buf) = scratch() else { return };
-                let Some(dentry) = file_dentry(c, f) else {
-                    return;
-                };
-                if dentry_dev(c, dentry) != Some(c.dev) {
-                    return;
-                }
-                let (off, whole) = walk(c, buf, HEADER_LEN, dentry);
-                submit(
-                    buf,
-                    EV_CREATE,
-                    if whole { 0 } else { F_TRUNCATED },
-                    0,
-                    off,
-                    0,
-                );
-            } else {
-                on_fd(c, EV_MODIFY, ret as u64);
-            }
-        }
-        op::CREATE => emit_path(c, EV_CREATE, 0, dfd(&p, d.dfd), arg(&p, d.path)),
-        op::MKDIR => emit_path(c, EV_CREATE | EV_ISDIR, 0, dfd(&p, d.dfd), arg(&p, d.path)),
-        op::UNLINK => emit_path(c, EV_DELETE, 0, dfd(&p, d.dfd), arg(&p, d.path)),
-        op::RMDIR => emit_path(c, EV_DELETE | EV_ISDIR, 0, dfd(&p, d.dfd), arg(&p, d.path)),
-        op::UNLINKAT => {
-            let dir = if arg(&p, d.flags) & AT_REMOVEDIR != 0 {
-                EV_ISDIR
-            } else {
-                0
-            };
-            emit_path(c, EV_DELETE | dir, 0, dfd(&p, d.dfd), arg(&p, d.path))
-        }
-        op::PATH_ATTR => {
-            let path = arg(&p, d.path);
+    let stage = match d.op {
+        op::FD_WRITE | op::FD_ATTR => EXIT_FD,
+        op::OPEN | op::OPENAT2 => EXIT_OPEN,
+        op::CREATE | op::MKDIR | op::UNLINK | op::RMDIR | op::UNLINKAT | op::PATH_ATTR => EXIT_PATH,
+        op::RENAME => EXIT_RENAME,
+        _ => return,
+    };
+    let Some(cur) = CURRENT.get_ptr_mut(0) else {
+        return;
+    };
+    (*cur).p = p;
+    (*cur).ret = ret;
+    (*cur).desc = *d;
+    EXIT_STAGES.tail_call(ctx, stage);
+    // Only reached if the stage is missing: the loader fills every slot before attaching.
+    count(counter::LOST);
+}
+
+/// The exit stages, one program each (tail calls from `sys_exit`): one program with all of them
+/// inlined exceeded what the verifier of Linux 6.1 explores.
+const EXIT_FD: u32 = 0;
+const EXIT_OPEN: u32 = 1;
+const EXIT_PATH: u32 = 2;
+const EXIT_RENAME: u32 = 3;
+
+/// A finished system call handed to its exit stage.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Current {
+    p: Pending,
+    ret: i64,
+    desc: SysDesc,
+}
+
+#[map]
+static CURRENT: PerCpuArray<Current> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static EXIT_STAGES: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+#[inline(always)]
+fn current() -> Option<(&'static Config, Current)> {
+    let c = config()?;
+    let cur = unsafe { *CURRENT.get_ptr(0)? };
+    Some((c, cur))
+}
+
+/// write family, ftruncate, fallocate, fchmod, ...
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_fd(_ctx: RawTracePointContext) -> i32 {
+    if let Some((c, cur)) = current() {
+        let ev = if cur.desc.op == op::FD_WRITE {
+            EV_MODIFY
+        } else {
+            EV_ATTRIB
+        };
+        unsafe { on_fd(c, ev, arg(&cur.p, cur.desc.fd)) };
+    }
+    0
+}
+
+/// open, openat, openat2, creat with O_CREAT or O_TRUNC: the returned fd names the file.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_open(_ctx: RawTracePointContext) -> i32 {
+    if let Some((c, cur)) = current() {
+        unsafe { on_open(c, &cur) };
+    }
+    0
+}
+
+unsafe fn on_open(c: &Config, cur: &Current) {
+    let (p, d) = (&cur.p, &cur.desc);
+    let flags = if d.flags < 0 {
+        // creat()
+        O_CREAT | O_TRUNC
+    } else if d.op == op::OPENAT2 {
+        aya_ebpf::helpers::bpf_probe_read_user(arg(p, d.flags) as *const u64).unwrap_or(O_CREAT)
+    } else {
+        arg(p, d.flags)
+    };
+    if flags & (O_CREAT | O_TRUNC) == 0 || flags & O_TMPFILE_BIT != 0 {
+        return;
+    }
+    let fd = cur.ret as u64;
+    let Some(f) = fd_file(c, fd) else {
+        return;
+    };
+    let created =
+        matches!(rd::<u32>(f + c.off.file_mode as u64), Some(m) if m & FMODE_CREATED != 0);
+    if !created {
+        return on_fd(c, EV_MODIFY, fd);
+    }
+    let Some(buf) = scratch() else { return };
+    let Some(dentry) = file_dentry(c, f) else {
+        return;
+    };
+    if dentry_dev(c, dentry) != Some(c.dev) {
+        return;
+    }
+    let (off, whole) = walk(HEADER_LEN, dentry);
+    submit(
+        buf,
+        EV_CREATE,
+        if whole { 0 } else { F_TRUNCATED },
+        0,
+        off,
+        0,
+    );
+}
+
+/// One name created, removed or changed: mknod, symlink, link, mkdir, unlink, rmdir, unlinkat,
+/// truncate, chmod, chown, utimes, xattrs.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_path(_ctx: RawTracePointContext) -> i32 {
+    if let Some((c, cur)) = current() {
+        unsafe { on_path(c, &cur) };
+    }
+    0
+}
+
+unsafe fn on_path(c: &Config, cur: &Current) {
+    let (p, d) = (&cur.p, &cur.desc);
+    let path = arg(p, d.path);
+    let (mask, flags) = match d.op {
+        op::CREATE => (EV_CREATE, 0),
+        op::MKDIR => (EV_CREATE | EV_ISDIR, 0),
+        op::UNLINK => (EV_DELETE, 0),
+        op::RMDIR => (EV_DELETE | EV_ISDIR, 0),
+        op::UNLINKAT if arg(p, d.flags) & AT_REMOVEDIR != 0 => (EV_DELETE | EV_ISDIR, 0),
+        op::UNLINKAT => (EV_DELETE, 0),
+        _ => {
             let empty = path == 0
-                || (arg(&p, d.flags) & AT_EMPTY_PATH != 0
+                || (arg(p, d.flags) & AT_EMPTY_PATH != 0
                     && matches!(
                         aya_ebpf::helpers::bpf_probe_read_user(path as *const u8),
                         Ok(0)
                     ));
             if empty {
-                on_fd(c, EV_ATTRIB, dfd(&p, d.dfd));
-            } else {
-                emit_path(c, EV_ATTRIB, F_TYPE_UNKNOWN, dfd(&p, d.dfd), path);
+                // The directory fd itself (AT_EMPTY_PATH, utimensat with a NULL name).
+                return on_fd(c, EV_ATTRIB, dfd(p, d.dfd));
             }
+            (EV_ATTRIB, F_TYPE_UNKNOWN)
         }
-        op::RENAME => {
-            let exchange = d.flags >= 0 && arg(&p, d.flags) & RENAME_EXCHANGE != 0;
-            let (from, to) = if exchange {
-                (EV_MOVED_FROM | EV_MOVED_TO, EV_MOVED_FROM | EV_MOVED_TO)
-            } else {
-                (EV_MOVED_FROM, EV_MOVED_TO)
-            };
-            emit_path(c, from, F_TYPE_UNKNOWN, dfd(&p, d.dfd), arg(&p, d.path));
-            emit_path(c, to, F_TYPE_UNKNOWN, dfd(&p, d.dfd2), arg(&p, d.path2));
+    };
+    emit_path(c, mask, flags, dfd(p, d.dfd), path);
+}
+
+/// rename, renameat, renameat2 (RENAME_EXCHANGE: both names got a new object).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_rename(_ctx: RawTracePointContext) -> i32 {
+    if let Some((c, cur)) = current() {
+        let (p, d) = (&cur.p, &cur.desc);
+        let exchange = d.flags >= 0 && arg(p, d.flags) & RENAME_EXCHANGE != 0;
+        let (from, to) = if exchange {
+            (EV_MOVED_FROM | EV_MOVED_TO, EV_MOVED_FROM | EV_MOVED_TO)
+        } else {
+            (EV_MOVED_FROM, EV_MOVED_TO)
+        };
+        unsafe {
+            emit_path(c, from, F_TYPE_UNKNOWN, dfd(p, d.dfd), arg(p, d.path));
+            emit_path(c, to, F_TYPE_UNKNOWN, dfd(p, d.dfd2), arg(p, d.path2));
         }
-        _ => {}
     }
+    0
 }
 
 #[inline(always)]

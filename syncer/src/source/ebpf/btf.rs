@@ -245,6 +245,10 @@ impl Btf {
             inode_dentry: self.offset("inode", "i_dentry")?,
             dentry_alias: self.offset_any("dentry", &["d_u.d_alias", "d_alias"])?,
             sb_dev: self.offset("super_block", "s_dev")?,
+            // Only the VFS hooks need these (struct renamedata: Linux 5.12+).
+            rd_old_dentry: self.offset("renamedata", "old_dentry").unwrap_or(u32::MAX),
+            rd_new_dentry: self.offset("renamedata", "new_dentry").unwrap_or(u32::MAX),
+            rd_flags: self.offset("renamedata", "flags").unwrap_or(u32::MAX),
             regs_arg: self.syscall_arg_offsets()?,
             fork_child_pid: 0,
             _pad: 0,

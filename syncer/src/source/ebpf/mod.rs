@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{FEntry, RawTracePoint, TracePoint};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf};
+use aya::programs::{FEntry, FExit, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use syncer_ebpf_abi::{counter, Config, SysDesc, SYSCALL_SLOTS};
 use tracing::{debug, info, warn};
@@ -49,6 +49,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub enum Attached {
     /// fentry on fsnotify.
     Fsnotify,
+    /// fexit on the vfs_* functions (where fsnotify() cannot be attached), with the reason.
+    Vfs(String),
     /// The raw syscall tracepoints: how many calls are followed, and why the fsnotify hooks
     /// were not used.
     Tracepoints { calls: usize, why: String },
@@ -63,6 +65,9 @@ pub struct Loaded {
     counters: PerCpuArray<MapData, u64>,
     /// The inotify watch that keeps fsnotify running on the source filesystem (fentry mode).
     _watch: Option<OwnedFd>,
+    /// The exit stages of the tracepoint programs: the kernel empties a program array when its
+    /// last user-space reference goes, so it is held for as long as the programs run.
+    _stages: Option<ProgramArray<MapData>>,
 }
 
 fn bpf_err(what: &str, e: impl std::fmt::Display) -> SourceError {
@@ -177,20 +182,21 @@ pub fn load(
             .map_err(|e| bpf_err(&format!("attach sched/{event}"), e))?;
     }
 
-    let (attached, watch) = match hooks {
-        EbpfHooks::Tracepoints => (
-            attach_tracepoints(&mut ebpf, "tracepoints chosen by ebpf_hooks".into())?,
-            None,
-        ),
+    let fsnotify = match hooks {
+        EbpfHooks::Tracepoints => Err("tracepoints chosen by ebpf_hooks".to_string()),
         EbpfHooks::Fsnotify | EbpfHooks::Auto => {
-            match attach_fsnotify(&mut ebpf, kbtf.as_ref(), &placement.root) {
-                Ok(watch) => (Attached::Fsnotify, Some(watch)),
-                Err(e) if hooks == EbpfHooks::Auto => {
-                    let why = e.to_string();
-                    (attach_tracepoints(&mut ebpf, why)?, None)
-                }
+            match attach_fsnotify(&mut ebpf, kbtf.as_ref(), &placement.root, &config.off) {
+                Ok(attached) => Ok(attached),
+                Err(e) if hooks == EbpfHooks::Auto => Err(e.to_string()),
                 Err(e) => return Err(e),
             }
+        }
+    };
+    let (attached, watch, stages) = match fsnotify {
+        Ok((attached, watch)) => (attached, Some(watch), None),
+        Err(why) => {
+            let (attached, stages) = attach_tracepoints(&mut ebpf, why)?;
+            (attached, None, Some(stages))
         }
     };
 
@@ -207,38 +213,113 @@ pub fn load(
         dirty,
         counters,
         _watch: watch,
+        _stages: stages,
     })
 }
 
-/// fentry on the two fsnotify entry points, plus the inotify watch that keeps them called.
+/// The VFS-level hooks: fentry on the two fsnotify entry points or, where the kernel cannot
+/// attach to `fsnotify()`, fexit on the vfs_* functions. Both also need `__fsnotify_parent` and
+/// the inotify watch that keeps it called.
 fn attach_fsnotify(
     ebpf: &mut Ebpf,
     kbtf: Option<&aya::Btf>,
     root: &Path,
-) -> Result<OwnedFd, SourceError> {
+    offsets: &syncer_ebpf_abi::Offsets,
+) -> Result<(Attached, OwnedFd), SourceError> {
     let kbtf = kbtf.ok_or_else(|| SourceError::Unsupported {
         kind: "fentry",
         why: "it needs kernel BTF".into(),
     })?;
-    for (prog, func) in [
-        ("fsnotify", "fsnotify"),
-        ("fsnotify_parent", "__fsnotify_parent"),
-    ] {
-        let p: &mut FEntry = ebpf
+    let refused = |what: &str, func: &str, e: &dyn std::error::Error| {
+        let mut why = format!("{what} fentry/{func}: {}", verbose(e));
+        if why.contains("os error 524") {
+            // ENOTSUPP from the trampoline: too many arguments for this kernel.
+            why.push_str(
+                " (fsnotify() takes seven arguments; x86_64 BPF trampolines accept more than \
+                 six only since Linux 6.5)",
+            );
+        }
+        SourceError::Unsupported {
+            kind: "fentry",
+            why,
+        }
+    };
+    // fsnotify(): the name events. Loaded and attached first, so that a kernel that refuses it
+    // leaves nothing attached.
+    let p: &mut FEntry = ebpf
+        .program_mut("fsnotify")
+        .expect("program in object")
+        .try_into()
+        .expect("fentry program");
+    p.load("fsnotify", kbtf)
+        .map_err(|e| refused("loading", "fsnotify", &e))?;
+    let attached = match p.attach() {
+        Ok(_) => Attached::Fsnotify,
+        Err(e) => {
+            let why = refused("attaching", "fsnotify", &e).to_string();
+            if offsets.rd_old_dentry == u32::MAX {
+                return Err(SourceError::Unsupported {
+                    kind: "fentry",
+                    why: format!("{why}; no struct renamedata for the vfs_* hooks"),
+                });
+            }
+            attach_vfs(ebpf, kbtf).map_err(|e| SourceError::Unsupported {
+                kind: "fentry",
+                why: format!("{why}; the vfs_* hooks: {e}"),
+            })?;
+            Attached::Vfs(why)
+        }
+    };
+    let p: &mut FEntry = ebpf
+        .program_mut("fsnotify_parent")
+        .expect("program in object")
+        .try_into()
+        .expect("fentry program");
+    p.load("__fsnotify_parent", kbtf)
+        .map_err(|e| refused("loading", "__fsnotify_parent", &e))?;
+    p.attach()
+        .map_err(|e| refused("attaching", "__fsnotify_parent", &e))?;
+    Ok((attached, root_watch(root)?))
+}
+
+/// fentry/fexit on the vfs_* functions.
+fn attach_vfs(ebpf: &mut Ebpf, kbtf: &aya::Btf) -> Result<(), String> {
+    const EXITS: &[(&str, &str)] = &[
+        ("vfs_open_exit", "vfs_open"),
+        ("vfs_create_exit", "vfs_create"),
+        ("vfs_mknod_exit", "vfs_mknod"),
+        ("vfs_mkdir_exit", "vfs_mkdir"),
+        ("vfs_symlink_exit", "vfs_symlink"),
+        ("vfs_link_exit", "vfs_link"),
+        ("vfs_unlink_exit", "vfs_unlink"),
+        ("vfs_rmdir_exit", "vfs_rmdir"),
+        ("vfs_rename_exit", "vfs_rename"),
+        ("notify_change_exit", "notify_change"),
+    ];
+    let p: &mut FEntry = ebpf
+        .program_mut("vfs_rename_entry")
+        .expect("program in object")
+        .try_into()
+        .expect("fentry program");
+    p.load("vfs_rename", kbtf)
+        .and_then(|()| p.attach().map(drop))
+        .map_err(|e| format!("fentry/vfs_rename: {}", verbose(&e)))?;
+    for (prog, func) in EXITS {
+        let p: &mut FExit = ebpf
             .program_mut(prog)
             .expect("program in object")
             .try_into()
-            .expect("fentry program");
-        let refused = |what: &str, e: &dyn std::error::Error| SourceError::Unsupported {
-            kind: "fentry",
-            why: format!(
-                "{what} fentry/{func}: {}",
-                e.to_string().trim_end_matches(". Verifier output: ")
-            ),
-        };
-        p.load(func, kbtf).map_err(|e| refused("loading", &e))?;
-        p.attach().map_err(|e| refused("attaching", &e))?;
+            .expect("fexit program");
+        p.load(func, kbtf)
+            .and_then(|()| p.attach().map(drop))
+            .map_err(|e| format!("fexit/{func}: {}", verbose(&e)))?;
     }
+    Ok(())
+}
+
+/// An inotify watch on the source root: kernels skip fsnotify entirely on filesystems without
+/// any fsnotify mark, which would silence `__fsnotify_parent` and `fsnotify`.
+fn root_watch(root: &Path) -> Result<OwnedFd, SourceError> {
     // SAFETY: plain syscalls; the fd is owned from here on.
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     if fd < 0 {
@@ -259,22 +340,29 @@ fn attach_fsnotify(
     Ok(fd)
 }
 
-/// An error with its sources ("load fentry/fsnotify: the program could not be loaded: EPERM").
+/// An error with its sources, each said once ("`bpf_raw_tracepoint_open` failed: Device or
+/// resource busy").
 fn verbose(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s = format!("{}: {text}", s.trim_end_matches(". Verifier output: "));
+        }
         cur = c.source();
     }
-    s
+    s.trim_end_matches(". Verifier output: ").to_string()
 }
 
 /// The raw `sys_enter`/`sys_exit` tracepoints, with the table of followed calls. Two raw
 /// tracepoints rather than one tracepoint per call: detaching a tracepoint waits for RCU grace
 /// periods one after the other, which made shutdown take seconds with a hundred of them, while
 /// the cost of a raw tracepoint on calls not followed is one array lookup.
-fn attach_tracepoints(ebpf: &mut Ebpf, why: String) -> Result<Attached, SourceError> {
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    why: String,
+) -> Result<(Attached, ProgramArray<MapData>), SourceError> {
     let table = syscalls::table();
     let mut map: Array<_, SysDesc> =
         Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS map"))
@@ -286,6 +374,25 @@ fn attach_tracepoints(ebpf: &mut Ebpf, why: String) -> Result<Attached, SourceEr
                 .map_err(|e| bpf_err("write SYSCALLS", e))?;
             calls += 1;
         }
+    }
+    // sys_exit hands each finished call to its stage by tail call.
+    let mut stages = ProgramArray::try_from(ebpf.take_map("EXIT_STAGES").expect("EXIT_STAGES map"))
+        .map_err(|e| bpf_err("open EXIT_STAGES", e))?;
+    for (i, prog) in ["exit_fd", "exit_open", "exit_path", "exit_rename"]
+        .into_iter()
+        .enumerate()
+    {
+        let tp: &mut RawTracePoint = ebpf
+            .program_mut(prog)
+            .expect("program in object")
+            .try_into()
+            .expect("raw tracepoint program");
+        tp.load()
+            .map_err(|e| bpf_err(&format!("load {prog}"), verbose(&e)))?;
+        let fd = tp.fd().map_err(|e| bpf_err(&format!("fd of {prog}"), e))?;
+        stages
+            .set(i as u32, fd, 0)
+            .map_err(|e| bpf_err("write EXIT_STAGES", e))?;
     }
     // Exit first: an entry without its exit would leave its saved arguments behind.
     for prog in ["sys_exit", "sys_enter"] {
@@ -299,7 +406,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf, why: String) -> Result<Attached, SourceEr
         tp.attach(prog)
             .map_err(|e| bpf_err(&format!("attach raw tracepoint {prog}"), verbose(&e)))?;
     }
-    Ok(Attached::Tracepoints { calls, why })
+    Ok((Attached::Tracepoints { calls, why }, stages))
 }
 
 /// For `syncer check`: whether each set of hooks loads and attaches on the filesystem of
@@ -318,6 +425,9 @@ pub fn probe_hooks(path: &Path) -> [Result<String, String>; 2] {
                 Attached::Fsnotify => {
                     "fentry on fsnotify and __fsnotify_parent load and attach".to_string()
                 }
+                Attached::Vfs(why) => format!(
+                    "fexit on vfs_* and fentry on __fsnotify_parent load and attach ({why})"
+                ),
                 Attached::Tracepoints { calls, .. } => {
                     format!(
                         "raw sys_enter/sys_exit load and attach ({calls} system calls followed)"
@@ -345,6 +455,13 @@ pub fn start(
             root = %cfg.root.display(),
             "event source live: eBPF fentry on fsnotify (VFS level: sees every writer, nfsd included)"
         ),
+        Attached::Vfs(why) => {
+            info!("eBPF: {why}; using fexit on the vfs_* functions instead");
+            info!(
+                root = %cfg.root.display(),
+                "event source live: eBPF fexit on vfs_* (VFS level: sees every writer, nfsd included)"
+            );
+        }
         Attached::Tracepoints { calls, why } => {
             warn!(
                 "eBPF: {why}; falling back to syscall tracepoints, which do not see in-kernel \
