@@ -3,6 +3,13 @@
 //! - `cargo xtask test`: installs what the end-to-end tests need (Debian packages, as root) and
 //!   runs the whole test suite. This is the README's test command and what `.ci/run` runs.
 //! - `cargo xtask bench`: runs the load bench (`bench/`) against the real binary.
+//! - `cargo xtask build-ebpf [--check]`: builds the BPF object that syncer embeds, or checks
+//!   that the committed one is current (see `ebpf.rs`).
+//! - `cargo xtask vm-test`: runs the end-to-end tests inside qemu VMs booting stock Debian
+//!   kernels (6.1, 6.12), where fentry/LSM eBPF programs load (see `vm.rs`).
+
+mod ebpf;
+mod vm;
 
 use std::process::Command;
 
@@ -15,8 +22,15 @@ fn main() -> Result<()> {
     match task.as_str() {
         "test" => test(&rest),
         "bench" => bench(&rest),
+        "vm-test" => vm::vm_test(&rest),
+        "build-ebpf" => ebpf::build_ebpf(&rest),
         _ => {
-            eprintln!("usage: cargo xtask test [-- TEST-ARGS...] | cargo xtask bench [ARGS...]");
+            eprintln!(
+                "usage: cargo xtask test [-- TEST-ARGS...] | cargo xtask bench [ARGS...] | \
+                 cargo xtask build-ebpf [--check] | \
+                 cargo xtask vm-test [--kernel 6.1|6.12|all] [--filter SUBSTRING] [--keep] \
+                 [--shell-cmd CMD]"
+            );
             bail!("unknown task {task:?}")
         }
     }
@@ -57,6 +71,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
     ("mount", "mount"),
     ("setpriv", "util-linux"),
+    ("python3", "python3"),
 ];
 
 /// What the bench runs besides syncer, and the Debian package of each.

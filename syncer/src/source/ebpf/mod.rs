@@ -462,6 +462,12 @@ pub fn start(
                 "event source live: eBPF fexit on vfs_* (VFS level: sees every writer, nfsd included)"
             );
         }
+        Attached::Tracepoints { calls, .. } if cfg.ebpf_hooks == EbpfHooks::Tracepoints => info!(
+            root = %cfg.root.display(),
+            calls,
+            "event source live: eBPF syscall tracepoints (chosen by ebpf_hooks; they do not see \
+             in-kernel writers such as nfsd)"
+        ),
         Attached::Tracepoints { calls, why } => {
             warn!(
                 "eBPF: {why}; falling back to syscall tracepoints, which do not see in-kernel \
