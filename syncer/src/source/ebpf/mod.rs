@@ -135,6 +135,7 @@ pub fn load(
     hooks: EbpfHooks,
     ring_bytes: u32,
 ) -> Result<Loaded, SourceError> {
+    let t0 = std::time::Instant::now();
     ensure_tracefs()?;
     let offsets = btf::Btf::from_sys_fs()
         .and_then(|b| b.offsets())
@@ -142,13 +143,16 @@ pub fn load(
             kind: "ebpf",
             why: format!("kernel BTF is needed to find structure offsets: {e}"),
         })?;
+    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: structure offsets read");
     let kbtf = aya::Btf::from_sys_fs().ok();
+    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: kernel BTF parsed");
     let mut ebpf = EbpfLoader::new()
         .btf(kbtf.as_ref())
         .map_max_entries("EVENTS", ring_bytes)
         .load(OBJECT)
         .map_err(|e| bpf_err("load the BPF object", e))?;
 
+    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: object loaded");
     let mut config = Config {
         dev: kernel_dev(placement.dev),
         ready: 1,
@@ -182,6 +186,7 @@ pub fn load(
             .map_err(|e| bpf_err(&format!("attach sched/{event}"), e))?;
     }
 
+    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: process tracking attached");
     let fsnotify = match hooks {
         EbpfHooks::Tracepoints => Err("tracepoints chosen by ebpf_hooks".to_string()),
         EbpfHooks::Fsnotify | EbpfHooks::Auto => {
@@ -200,6 +205,7 @@ pub fn load(
         }
     };
 
+    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: hooks attached");
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").expect("EVENTS map"))
         .map_err(|e| bpf_err("open EVENTS", e))?;
     let dirty = BpfHashMap::try_from(ebpf.take_map("DIRTY").expect("DIRTY map"))
@@ -450,6 +456,10 @@ pub fn start(
         source: e,
     })?;
     let loaded = load(&placement, cfg.ebpf_hooks, cfg.ebpf_ring_bytes)?;
+    // Parsing the kernel's BTF (twice: aya's and ours) and the object took tens of MiB of heap
+    // that is free now; hand it back rather than idle on it.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     match &loaded.attached {
         Attached::Fsnotify => info!(
             root = %cfg.root.display(),
