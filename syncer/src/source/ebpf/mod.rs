@@ -86,6 +86,18 @@ fn bpf_err(what: &str, e: impl std::fmt::Display) -> SourceError {
     }
 }
 
+/// The program `name` of the object as its type `P` (a mismatch is a bug in this file).
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut P
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("no program {name} in syncer.bpf.o"));
+    p.try_into()
+        .unwrap_or_else(|e| panic!("program {name} has another type: {e}"))
+}
+
 /// Mounts tracefs where it is missing (tracepoints are attached by their tracefs ids).
 fn ensure_tracefs() -> Result<(), SourceError> {
     if Path::new(TRACEFS).join("events").exists() {
@@ -143,9 +155,15 @@ pub fn load(
             kind: "ebpf",
             why: format!("kernel BTF is needed to find structure offsets: {e}"),
         })?;
-    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: structure offsets read");
+    debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "eBPF: structure offsets read"
+    );
     let kbtf = aya::Btf::from_sys_fs().ok();
-    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: kernel BTF parsed");
+    debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "eBPF: kernel BTF parsed"
+    );
     let mut ebpf = EbpfLoader::new()
         .btf(kbtf.as_ref())
         .map_max_entries("EVENTS", ring_bytes)
@@ -176,17 +194,16 @@ pub fn load(
         ("sched_fork", "sched_process_fork"),
         ("sched_exit", "sched_process_exit"),
     ] {
-        let tp: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .expect("program in object")
-            .try_into()
-            .expect("tracepoint program");
+        let tp: &mut TracePoint = program(&mut ebpf, prog);
         tp.load().map_err(|e| bpf_err(&format!("load {prog}"), e))?;
         tp.attach("sched", event)
             .map_err(|e| bpf_err(&format!("attach sched/{event}"), e))?;
     }
 
-    debug!(ms = t0.elapsed().as_millis() as u64, "eBPF: process tracking attached");
+    debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "eBPF: process tracking attached"
+    );
     let fsnotify = match hooks {
         EbpfHooks::Tracepoints => Err("tracepoints chosen by ebpf_hooks".to_string()),
         EbpfHooks::Fsnotify | EbpfHooks::Auto => {
@@ -252,11 +269,7 @@ fn attach_fsnotify(
     };
     // fsnotify(): the name events. Loaded and attached first, so that a kernel that refuses it
     // leaves nothing attached.
-    let p: &mut FEntry = ebpf
-        .program_mut("fsnotify")
-        .expect("program in object")
-        .try_into()
-        .expect("fentry program");
+    let p: &mut FEntry = program(ebpf, "fsnotify");
     p.load("fsnotify", kbtf)
         .map_err(|e| refused("loading", "fsnotify", &e))?;
     let attached = match p.attach() {
@@ -276,11 +289,7 @@ fn attach_fsnotify(
             Attached::Vfs(why)
         }
     };
-    let p: &mut FEntry = ebpf
-        .program_mut("fsnotify_parent")
-        .expect("program in object")
-        .try_into()
-        .expect("fentry program");
+    let p: &mut FEntry = program(ebpf, "fsnotify_parent");
     p.load("__fsnotify_parent", kbtf)
         .map_err(|e| refused("loading", "__fsnotify_parent", &e))?;
     p.attach()
@@ -302,20 +311,12 @@ fn attach_vfs(ebpf: &mut Ebpf, kbtf: &aya::Btf) -> Result<(), String> {
         ("vfs_rename_exit", "vfs_rename"),
         ("notify_change_exit", "notify_change"),
     ];
-    let p: &mut FEntry = ebpf
-        .program_mut("vfs_rename_entry")
-        .expect("program in object")
-        .try_into()
-        .expect("fentry program");
+    let p: &mut FEntry = program(ebpf, "vfs_rename_entry");
     p.load("vfs_rename", kbtf)
         .and_then(|()| p.attach().map(drop))
         .map_err(|e| format!("fentry/vfs_rename: {}", verbose(&e)))?;
     for (prog, func) in EXITS {
-        let p: &mut FExit = ebpf
-            .program_mut(prog)
-            .expect("program in object")
-            .try_into()
-            .expect("fexit program");
+        let p: &mut FExit = program(ebpf, prog);
         p.load(func, kbtf)
             .and_then(|()| p.attach().map(drop))
             .map_err(|e| format!("fexit/{func}: {}", verbose(&e)))?;
@@ -388,11 +389,7 @@ fn attach_tracepoints(
         .into_iter()
         .enumerate()
     {
-        let tp: &mut RawTracePoint = ebpf
-            .program_mut(prog)
-            .expect("program in object")
-            .try_into()
-            .expect("raw tracepoint program");
+        let tp: &mut RawTracePoint = program(ebpf, prog);
         tp.load()
             .map_err(|e| bpf_err(&format!("load {prog}"), verbose(&e)))?;
         let fd = tp.fd().map_err(|e| bpf_err(&format!("fd of {prog}"), e))?;
@@ -402,11 +399,7 @@ fn attach_tracepoints(
     }
     // Exit first: an entry without its exit would leave its saved arguments behind.
     for prog in ["sys_exit", "sys_enter"] {
-        let tp: &mut RawTracePoint = ebpf
-            .program_mut(prog)
-            .expect("program in object")
-            .try_into()
-            .expect("raw tracepoint program");
+        let tp: &mut RawTracePoint = program(ebpf, prog);
         tp.load()
             .map_err(|e| bpf_err(&format!("load {prog}"), verbose(&e)))?;
         tp.attach(prog)
