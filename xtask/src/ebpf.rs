@@ -6,7 +6,8 @@
 //!
 //! Needs the nightly toolchain with rust-src and bpf-linker 0.13.0 built against nightly's
 //! LLVM; both are installed here when missing (the recipe of ../shared/notes/platform.md).
-//! Paths are remapped so that the object does not depend on where the repository lives.
+//! The crates are built from a fixed staging path, so that the object does not depend on where
+//! the repository lives.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,20 +130,46 @@ fn ensure_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// Where the BPF crates are copied to be built. Cargo hashes a path dependency's location into
+/// its symbol names, which end up in the object's BTF: built in place, the object would differ
+/// between checkouts. Built from this fixed path, it is the same everywhere.
+const STAGE: &str = "/var/tmp/syncer-ebpf-build";
+
+/// Copies `from` to `to`, leaving out `target/` directories.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            if e.file_name() != "target" {
+                copy_tree(&src, &dst)?;
+            }
+        } else {
+            std::fs::copy(&src, &dst).with_context(|| format!("copy {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the object into `target_dir` and returns its path.
 fn build(target_dir: &Path) -> Result<PathBuf> {
     let root = repo_root();
-    // CARGO_ENCODED_RUSTFLAGS separates flags with 0x1f, so paths may hold spaces.
-    // --btf: bpf-linker emits BTF only when asked; the kernel needs its func_info for the
-    // bpf_loop callback, and aya for the fentry programs.
-    let remap = format!(
-        "-Clink-arg=--btf\x1f--remap-path-prefix={}=/syncer\x1f--remap-path-prefix={}=/cargo",
-        root.display(),
+    let stage = Path::new(STAGE);
+    let _ = std::fs::remove_dir_all(stage);
+    for krate in ["syncer-ebpf", "syncer-ebpf-abi"] {
+        copy_tree(&root.join(krate), &stage.join(krate))?;
+    }
+    // CARGO_ENCODED_RUSTFLAGS separates flags with 0x1f. --btf: bpf-linker emits BTF only when
+    // asked; the kernel needs its func_info for the bpf_loop callback, and aya for the fentry
+    // programs. The remaps keep the staging and cargo home paths out of the debug info.
+    let flags = format!(
+        "-Clink-arg=--btf\x1f--remap-path-prefix={STAGE}=/syncer\x1f--remap-path-prefix={}=/cargo",
         cargo_home().display()
     );
     let mut c = nightly("cargo");
-    c.current_dir(root.join("syncer-ebpf"))
-        .env("CARGO_ENCODED_RUSTFLAGS", remap)
+    c.current_dir(stage.join("syncer-ebpf"))
+        .env("CARGO_ENCODED_RUSTFLAGS", flags)
         .env("PATH", path_with_cargo_bin())
         .args(["build", "--release", "--locked", "-Z", "build-std=core"])
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
