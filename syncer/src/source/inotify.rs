@@ -133,13 +133,7 @@ pub fn start(
         ms = t0.elapsed().as_millis() as u64,
         "event source live: inotify (one watch per directory)"
     );
-    std::thread::Builder::new()
-        .name("inotify".into())
-        .spawn(move || run(w, sink, stop, stats))
-        .map_err(|e| SourceError::Io {
-            what: "spawn inotify thread".into(),
-            source: e,
-        })
+    super::spawn_reader("inotify", move || run(w, sink, stop, stats))
 }
 
 fn run(mut w: Watches, sink: Sink, stop: Arc<AtomicBool>, stats: Arc<SourceStats>) {

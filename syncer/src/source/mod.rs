@@ -191,6 +191,20 @@ fn auto(
     ))
 }
 
+/// Runs a source's reader loop on its own named thread.
+fn spawn_reader(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, SourceError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| SourceError::Io {
+            what: format!("spawn the {name} thread"),
+            source: e,
+        })
+}
+
 /// `abs` relative to `root`, if it lies in it (the root itself is the empty path).
 pub fn relative_to(abs: &Path, root: &Path) -> Option<PathBuf> {
     abs.strip_prefix(root).ok().map(Path::to_path_buf)

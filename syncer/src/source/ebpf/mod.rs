@@ -491,13 +491,7 @@ pub fn start(
         out: Vec::with_capacity(1024),
         lost_seen: 0,
     };
-    std::thread::Builder::new()
-        .name("ebpf".into())
-        .spawn(move || reader.run(&stop))
-        .map_err(|e| SourceError::Io {
-            what: "spawn eBPF thread".into(),
-            source: e,
-        })
+    super::spawn_reader("ebpf", move || reader.run(&stop))
 }
 
 struct Reader {

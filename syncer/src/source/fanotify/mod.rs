@@ -164,13 +164,7 @@ pub fn start(
         stats,
         out: Vec::with_capacity(1024),
     };
-    std::thread::Builder::new()
-        .name("fanotify".into())
-        .spawn(move || reader.run(&stop))
-        .map_err(|e| SourceError::Io {
-            what: "spawn fanotify thread".into(),
-            source: e,
-        })
+    super::spawn_reader("fanotify", move || reader.run(&stop))
 }
 
 struct Reader {
