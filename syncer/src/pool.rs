@@ -286,6 +286,14 @@ impl Dispatcher {
                 self.map.complete(&t.path, None);
                 continue;
             }
+            if below_a_non_directory(&self.source, &t.path) {
+                // A directory above it was replaced by a file (or symlink): the path cannot
+                // exist, and rsync refuses it (ENOTDIR is not a missing argument). The
+                // ancestor's own transfer replaces the target's directory, children included.
+                self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
+                self.map.complete(&t.path, None);
+                continue;
+            }
             if self.conflicts(&t.path, &t.pending) {
                 self.blocked.push(t);
                 continue;
@@ -462,6 +470,13 @@ impl Dispatcher {
     }
 }
 
+/// Whether some ancestor of `path` in `source` is no longer a directory.
+fn below_a_non_directory(source: &Path, path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+        && std::fs::symlink_metadata(source.join(path))
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTDIR))
+}
+
 fn last_line(s: &str) -> &str {
     s.trim()
         .lines()
@@ -571,5 +586,22 @@ async fn run_rsync(ctx: &ShardCtx, batch: &Batch) -> (Outcome, String) {
     match status {
         Ok(s) => (Outcome::from_exit(s.code()), text),
         Err(e) => (Outcome::TargetDown, format!("waiting for rsync: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_below_a_file_cannot_exist() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"").unwrap();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        let below = |p: &str| super::below_a_non_directory(d.path(), std::path::Path::new(p));
+        assert!(below("f/inside"));
+        assert!(below("f/a/b"));
+        assert!(!below("dir/missing"));
+        assert!(!below("missing/x"));
+        assert!(!below("f"));
+        assert!(!below(""));
     }
 }
