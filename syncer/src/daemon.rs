@@ -34,6 +34,7 @@ fn new_maps(cfg: &Config) -> Vec<Arc<DedupMap>> {
 fn start_pools(
     cfg: &Config,
     initial_sync: bool,
+    finish_pass_on_drain: bool,
     shutdown: &watch::Receiver<bool>,
     maps: Vec<Arc<DedupMap>>,
 ) -> Pools {
@@ -51,12 +52,13 @@ fn start_pools(
             shards: cfg.shards,
             rsync: cfg.rsync.clone(),
             drain_timeout: cfg.drain_timeout,
+            initial_sync,
+            finish_pass_on_drain,
         };
         p.set.spawn(pool::run(
             target.clone(),
             map.clone(),
             pcfg,
-            initial_sync,
             Some(tx),
             shutdown.clone(),
             stats.clone(),
@@ -113,7 +115,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let src = source::start(cfg.source_kind, &scfg, Sink::new(maps.clone()))?;
     let started = Instant::now();
-    let mut pools = start_pools(&cfg, cfg.initial_sync, &shutdown_rx, maps);
+    let mut pools = start_pools(&cfg, cfg.initial_sync, false, &shutdown_rx, maps);
     let mut initial = all_fired(pools.initial_receivers());
     let mut initial_reported = false;
     if !cfg.initial_sync {
@@ -157,7 +159,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 pub async fn sync_once(cfg: Config) -> Result<(), RunError> {
     let (_tx, rx) = watch::channel(true);
     let started = Instant::now();
-    let pools = start_pools(&cfg, true, &rx, new_maps(&cfg));
+    let pools = start_pools(&cfg, true, true, &rx, new_maps(&cfg));
     let r = finish(pools).await;
     if r.is_ok() {
         info!(ms = started.elapsed().as_millis() as u64, "sync finished");

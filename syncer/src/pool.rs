@@ -1,22 +1,27 @@
 //! The transfer pool of one target: a dispatcher task and N shard tasks.
 //!
-//! The dispatcher takes due entries from the target's [`DedupMap`], groups them into batches
-//! and hands each batch to an idle shard over a bounded channel; a shard runs one rsync
-//! process at a time on its batch and sends the outcome back. The pool is the only place in
-//! syncer that spawns processes.
+//! The dispatcher takes due entries from the target's [`DedupMap`] into ready queues (one per
+//! batch kind and retry level), groups them into batches and hands each batch to an idle shard
+//! over a bounded channel; a shard runs one rsync process at a time on its batch and sends the
+//! outcome back. The pool is the only place in syncer that spawns processes.
 //!
-//! Ordering: no two transfers that touch the same path run at once. A path waits while it is
-//! itself in flight (the map keeps it), while an ancestor's subtree transfer (tree, shallow,
-//! directory deletion) is in flight, and a directory-level transfer waits while anything below
-//! it is in flight, so that a directory's mtime is written after its children's. Which shard
-//! runs a batch does not matter for correctness; shards are interchangeable workers.
+//! Ordering: an entry that overlaps a transfer in flight that started before the entry's latest
+//! event waits for it (see [`crate::guard`]); it is parked on the guard's node that blocks it
+//! and handed back when that node changes, so a completion costs what it releases, never a scan
+//! of what waits. Which shard runs a batch does not matter for correctness; shards are
+//! interchangeable workers.
 //!
-//! Failures: a batch whose rsync says the target is unreachable goes back to the map unchanged
-//! and the whole target pauses with a growing backoff (other targets have their own pools and
-//! never wait for this one); a partial failure goes back with a per-entry backoff and is retried
-//! in ever smaller batches, so that one bad path ends up alone.
+//! The start-up pass (and a rescan of the whole tree) is a [`pass::Walk`] whose pieces go out
+//! as shallow batches between the live work: live changes take a shard first, the pass always
+//! has at least one piece in flight, and a live change in a directory waits at most for the one
+//! piece in flight over it.
+//!
+//! Failures: a batch whose rsync says the target is unreachable goes back unchanged and the
+//! whole target pauses with a growing backoff (other targets have their own pools and never wait
+//! for this one); a partial failure goes back with a per-entry backoff and is retried in ever
+//! smaller batches, so that one bad path ends up alone.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +34,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::RsyncOptions;
 use crate::dedup::{DedupMap, Op, Pending, Taken};
+use crate::guard::{self, Guard, Reach, Seq};
+use crate::pass::{Piece, PieceSize, Walk};
 use crate::rsync::{self, BatchKind, Outcome};
 use crate::target::Target;
 
@@ -49,6 +56,12 @@ pub struct PoolConfig {
     pub shards: usize,
     pub rsync: RsyncOptions,
     pub drain_timeout: Duration,
+    /// Run the start-up pass (compare the whole tree) first.
+    pub initial_sync: bool,
+    /// On shutdown, finish the start-up pass before returning (`syncer sync`); otherwise an
+    /// unfinished pass is abandoned (the next start runs it again) and only the changes seen
+    /// are drained.
+    pub finish_pass_on_drain: bool,
 }
 
 /// How a pool ended.
@@ -59,8 +72,19 @@ pub struct PoolReport {
     pub undrained: usize,
 }
 
+/// Where a batch's entries came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Taken from the dedup map (the map holds them in flight).
+    Map,
+    /// A piece of pass `gen`, at retry `level`.
+    Pass { gen: u64, level: u32 },
+}
+
 struct Batch {
     kind: BatchKind,
+    seq: Seq,
+    origin: Origin,
     entries: Vec<Taken>,
 }
 
@@ -72,14 +96,16 @@ struct BatchResult {
     elapsed: Duration,
 }
 
+/// Directories per pass piece at most, and entries per piece (see [`pass`]).
+const PIECE_ENTRIES: u64 = 4096;
+
 /// Runs the pool of `target` until `shutdown` turns true and the map has drained (or the drain
-/// timeout ran out). With `initial_sync`, the whole tree is compared first, in parallel pieces;
+/// timeout ran out). With `cfg.initial_sync`, the whole tree is compared first, in pieces;
 /// `initial_done` is told once all of it has been transferred.
 pub async fn run(
     target: Target,
     map: Arc<DedupMap>,
     cfg: PoolConfig,
-    initial_sync: bool,
     initial_done: Option<tokio::sync::oneshot::Sender<()>>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<PoolStats>,
@@ -103,34 +129,12 @@ pub async fn run(
     drop(result_tx);
 
     let now = Instant::now();
-    let mut d = Dispatcher {
-        target: target.clone(),
-        map,
-        batch_max: cfg.rsync.batch_max,
-        idle: (0..cfg.shards).rev().collect(),
-        ready: VecDeque::new(),
-        blocked: Vec::new(),
-        inflight_ops: HashMap::new(),
-        inflight_under: HashMap::new(),
-        trees_inflight: 0,
-        last_tree_end: None,
-        down_until: None,
-        down_backoff: Duration::ZERO,
-        initial_left: HashSet::new(),
-        initial_done,
-        stats,
-        source: cfg.source.clone(),
-        root_pieces: cfg.shards * ROOT_PIECES_PER_SHARD,
-        last_progress: now,
-    };
-    if initial_sync {
-        let plan = tokio::task::block_in_place(|| {
-            crate::scan::plan(&d.source, Path::new(""), d.root_pieces)
-        });
-        d.initial_left = plan.iter().map(|(p, _)| p.clone()).collect();
-        d.schedule_plan(plan, now);
+    let mut d = Dispatcher::new(target.clone(), map.clone(), &cfg, stats, now);
+    d.initial_done = initial_done;
+    if cfg.initial_sync {
+        d.start_pass(PathBuf::new(), true, now);
     }
-    d.check_initial_done();
+    d.check_pass_done(now);
 
     let mut draining = *shutdown.borrow();
     let mut drain_started: Option<Instant> = None;
@@ -138,6 +142,9 @@ pub async fn run(
         let now = Instant::now();
         if draining && drain_started.is_none() {
             drain_started = Some(now);
+            if !cfg.finish_pass_on_drain {
+                d.abandon_pass();
+            }
         }
         // Shutdown gives up only after the drain made no progress for the whole timeout, so a
         // long transfer still finishes while an unreachable target does not hold the exit.
@@ -147,38 +154,33 @@ pub async fn run(
             d.dispatch(now, draining, &shard_txs).await;
         }
         let busy = cfg.shards - d.idle.len();
-        if draining && (d.map.is_empty() || past_deadline) && busy == 0 {
+        let work_left = !map.is_empty() || d.pass.is_some();
+        if draining && (!work_left || past_deadline) && busy == 0 {
             break;
         }
-        let mut wake = d.map.next_due().unwrap_or(now + Duration::from_secs(3600));
-        if draining && !d.map.is_empty() {
-            wake = wake.min(now + Duration::from_millis(50));
-        }
-        if d.idle.is_empty() || d.down_until.is_some_and(|t| t > now) {
-            // Nothing can be sent before a shard frees up (a result wakes us) or the target's
-            // backoff ends.
-            wake = d
-                .down_until
-                .filter(|&t| t > now)
-                .unwrap_or(now + Duration::from_secs(3600));
-        }
-        if let Some(t) = deadline {
-            wake = wake.min(t);
-        }
-        tokio::select! {
-            Some(res) = result_rx.recv() => d.finish(res),
-            _ = d.map.changed() => {}
-            _ = tokio::time::sleep_until(wake.into()) => {}
+        let wake = d.next_wake(now, draining, deadline);
+        let wants_piece = d.wants_piece();
+        let event = tokio::select! {
+            Some(res) = result_rx.recv() => Event::Result(res),
+            piece = next_piece(&mut d.pass), if wants_piece => Event::Piece(piece),
+            _ = map.changed() => Event::Wake,
+            _ = tokio::time::sleep_until(wake.into()) => Event::Wake,
             changed = shutdown.changed(), if !draining => {
-                draining = changed.is_err() || *shutdown.borrow();
+                Event::Shutdown(changed.is_err() || *shutdown.borrow())
             }
+        };
+        match event {
+            Event::Result(res) => d.finish(res),
+            Event::Piece(p) => d.piece_arrived(p, Instant::now()),
+            Event::Wake => {}
+            Event::Shutdown(s) => draining = s,
         }
     }
     drop(shard_txs);
     for h in shard_handles {
         let _ = h.await;
     }
-    let undrained = d.map.len();
+    let undrained = map.len();
     if undrained > 0 {
         error!(target = %target, undrained, "shutdown: changes not replicated to this target (the next start's initial sync will pick them up)");
     }
@@ -188,52 +190,143 @@ pub async fn run(
     }
 }
 
+enum Event {
+    Result(BatchResult),
+    Piece(Option<Piece>),
+    Wake,
+    Shutdown(bool),
+}
+
+async fn next_piece(pass: &mut Option<PassState>) -> Option<Piece> {
+    match pass.as_mut().and_then(|p| p.walk.as_mut()) {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A pass under way: the walk, the piece read ahead, pieces to retry.
+struct PassState {
+    gen: u64,
+    /// The start-up pass (its end is "initial sync finished"), or a rescan.
+    initial: bool,
+    /// `None` once the walk has handed out its last piece.
+    walk: Option<Walk>,
+    next: Option<Piece>,
+    /// Failed pieces: when they may go again, their retry level.
+    retry: VecDeque<(Instant, u32, Piece)>,
+    inflight: usize,
+    started: Instant,
+    dirs_done: u64,
+    /// Directories handed to the map after failing alone.
+    failed_dirs: u64,
+}
+
+/// The ready entries, one FIFO queue per (batch kind, retry level).
+#[derive(Default)]
+struct Ready {
+    queues: Vec<((BatchKind, u32), VecDeque<Taken>)>,
+    len: usize,
+}
+
+impl Ready {
+    fn queue(&mut self, t: &Taken) -> &mut VecDeque<Taken> {
+        let k = (BatchKind::of(t.pending.op), t.pending.attempts);
+        let i = match self.queues.iter().position(|(qk, _)| *qk == k) {
+            Some(i) => i,
+            None => {
+                self.queues.push((k, VecDeque::new()));
+                self.queues.len() - 1
+            }
+        };
+        &mut self.queues[i].1
+    }
+
+    fn push_back(&mut self, t: Taken) {
+        self.len += 1;
+        self.queue(&t).push_back(t);
+    }
+
+    /// An entry that waited goes back in front of its queue (it is older than the rest).
+    fn push_front(&mut self, t: Taken) {
+        self.len += 1;
+        self.queue(&t).push_front(t);
+    }
+
+    /// The queue whose first entry has been due longest.
+    fn oldest(&mut self) -> Option<(BatchKind, u32, &mut VecDeque<Taken>)> {
+        self.queues.retain(|(_, q)| !q.is_empty());
+        let ((kind, level), q) = self
+            .queues
+            .iter_mut()
+            .min_by_key(|(_, q)| q.front().map(|t| t.pending.due))?;
+        Some((*kind, *level, q))
+    }
+}
+
 struct Dispatcher {
     target: Target,
     map: Arc<DedupMap>,
     batch_max: usize,
     idle: Vec<usize>,
     /// Taken from the map, waiting for a shard.
-    ready: VecDeque<Taken>,
-    /// Taken from the map, waiting for a conflicting transfer to end.
-    blocked: Vec<Taken>,
-    /// Paths in flight and their op.
-    inflight_ops: HashMap<Arc<Path>, Op>,
-    /// For each directory, how many in-flight paths lie below it.
-    inflight_under: HashMap<PathBuf, usize>,
+    ready: Ready,
+    /// What is in flight where; entries waiting for a conflicting transfer are parked in it.
+    guard: Guard<Taken>,
+    next_seq: Seq,
+    /// Subtree transfers (tree, shallow) in flight, and when the last one ended.
     trees_inflight: usize,
     last_tree_end: Option<Instant>,
     down_until: Option<Instant>,
     down_backoff: Duration,
-    initial_left: HashSet<PathBuf>,
+    pass: Option<PassState>,
+    pass_gen: u64,
+    piece_size: PieceSize,
     initial_done: Option<tokio::sync::oneshot::Sender<()>>,
     stats: Arc<PoolStats>,
     source: PathBuf,
-    /// How many subtrees a rescan of the whole tree is split into.
-    root_pieces: usize,
     /// When a batch last succeeded.
     last_progress: Instant,
 }
 
-/// A rescan of the whole tree is split into this many subtrees per shard.
-pub const ROOT_PIECES_PER_SHARD: usize = 4;
-
 impl Dispatcher {
+    fn new(
+        target: Target,
+        map: Arc<DedupMap>,
+        cfg: &PoolConfig,
+        stats: Arc<PoolStats>,
+        now: Instant,
+    ) -> Dispatcher {
+        Dispatcher {
+            target,
+            map,
+            batch_max: cfg.rsync.batch_max,
+            idle: (0..cfg.shards).rev().collect(),
+            ready: Ready::default(),
+            guard: Guard::default(),
+            next_seq: 0,
+            trees_inflight: 0,
+            last_tree_end: None,
+            down_until: None,
+            down_backoff: Duration::ZERO,
+            pass: None,
+            pass_gen: 0,
+            piece_size: PieceSize {
+                entries: PIECE_ENTRIES,
+                dirs: cfg.rsync.batch_max,
+            },
+            initial_done: None,
+            stats,
+            source: cfg.source.clone(),
+            last_progress: now,
+        }
+    }
+
     async fn dispatch(&mut self, now: Instant, draining: bool, shards: &[mpsc::Sender<Batch>]) {
         if self.down_until.is_some_and(|t| now < t) {
             return;
         }
         while let Some(&shard) = self.idle.last() {
-            let want = self.batch_max.saturating_sub(self.ready.len());
-            if want > 0 {
-                for t in self.map.take_due(now, want, draining) {
-                    if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
-                        self.split_root_rescan(t, now);
-                    } else {
-                        self.ready.push_back(t);
-                    }
-                }
-            }
+            self.fill_ready(now, draining);
             let Some(batch) = self.next_batch(now) else {
                 break;
             };
@@ -246,40 +339,22 @@ impl Dispatcher {
         }
     }
 
-    /// A rescan of the whole tree (overflow, lost events) as one rsync would use one core and
-    /// one connection for hours on a big tree: hand it out in parallel pieces instead.
-    fn split_root_rescan(&mut self, t: Taken, now: Instant) {
-        let plan = tokio::task::block_in_place(|| {
-            crate::scan::plan(&self.source, &t.path, self.root_pieces)
-        });
-        if plan.len() <= 1 {
-            self.ready.push_back(t);
+    /// Moves due entries from the map into the ready queues, dropping those that need no
+    /// transfer. A rescan of the whole tree becomes a pass.
+    fn fill_ready(&mut self, now: Instant, draining: bool) {
+        let want = self.batch_max.saturating_sub(self.ready.len);
+        if want == 0 {
             return;
         }
-        info!(target = %self.target, pieces = plan.len(), "rescanning the whole tree in parallel pieces");
-        self.map.complete(&t.path, None);
-        self.schedule_plan(plan, now);
-    }
-
-    /// Queues a rescan plan: subtrees first, the directories above them just after, so that
-    /// the directories' own transfers (and mtimes) come last.
-    fn schedule_plan(&self, plan: Vec<(PathBuf, Op)>, now: Instant) {
-        for (path, op) in plan {
-            let due = if op == Op::Shallow {
-                now + Duration::from_millis(1)
-            } else {
-                now
-            };
-            self.map.schedule(&path, op, due);
-        }
-    }
-
-    /// Builds the next batch from `ready`: entries of one kind and retry level, none of which
-    /// conflicts with a transfer in flight.
-    fn next_batch(&mut self, now: Instant) -> Option<Batch> {
-        let mut batch: Option<(BatchKind, u32, usize, Vec<Taken>)> = None;
-        let mut rest = VecDeque::with_capacity(self.ready.len());
-        while let Some(t) = self.ready.pop_front() {
+        for t in self.map.take_due(now, want, draining) {
+            if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
+                // Overflow or lost events: compare the whole tree again, in pieces.
+                let initial = self.pass.as_ref().is_some_and(|p| p.initial);
+                info!(target = %self.target, "rescanning the whole tree");
+                self.start_pass(PathBuf::new(), initial, now);
+                self.map.complete(&t.path, None);
+                continue;
+            }
             if t.pending.vanished() && self.no_tree_since(t.pending.first) {
                 // Created and removed before any transfer could have copied it.
                 self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
@@ -294,82 +369,138 @@ impl Dispatcher {
                 self.map.complete(&t.path, None);
                 continue;
             }
-            if self.conflicts(&t.path, &t.pending) {
-                self.blocked.push(t);
-                continue;
-            }
-            let kind = BatchKind::of(t.pending.op);
-            let level = t.pending.attempts;
-            match &mut batch {
-                None => {
-                    let limit = match kind {
-                        BatchKind::Plain => self.batch_max,
-                        _ => self.batch_max.div_ceil(16),
-                    };
-                    let limit = (limit >> (3 * level.min(10))).max(1);
-                    self.mark(&t.path, t.pending.op);
-                    batch = Some((kind, level, limit, vec![t]));
-                }
-                Some((k, l, limit, v)) if *k == kind && *l == level && v.len() < *limit => {
-                    self.mark(&t.path, t.pending.op);
-                    v.push(t);
-                }
-                Some(_) => rest.push_back(t),
+            self.ready.push_back(t);
+        }
+    }
+
+    /// The next batch: live work first, but the pass always keeps one piece in flight.
+    fn next_batch(&mut self, now: Instant) -> Option<Batch> {
+        let pass_turn = self.pass.as_ref().is_some_and(|p| p.inflight == 0);
+        if !pass_turn {
+            if let Some(b) = self.next_map_batch(now) {
+                return Some(b);
             }
         }
-        self.ready = rest;
-        let _ = now;
-        batch.map(|(kind, _, _, entries)| Batch { kind, entries })
+        self.next_pass_batch(now)
+            .or_else(|| self.next_map_batch(now))
+    }
+
+    /// A batch from the ready queue that has waited longest: entries of one kind and retry
+    /// level, none of which overlaps a transfer in flight that started before its last event.
+    fn next_map_batch(&mut self, now: Instant) -> Option<Batch> {
+        loop {
+            let (kind, level, q) = self.ready.oldest()?;
+            let limit = match kind {
+                BatchKind::Plain => self.batch_max,
+                _ => self.batch_max.div_ceil(16),
+            };
+            let limit = (limit >> (3 * level.min(10))).max(1);
+            let mut entries = Vec::new();
+            let mut taken = 0;
+            while entries.len() < limit {
+                let Some(t) = q.pop_front() else { break };
+                taken += 1;
+                let dir_level = dir_level(&t.pending);
+                match self
+                    .guard
+                    .blocker(guard::key(&t.path), t.pending.last, dir_level)
+                {
+                    Some(b) => {
+                        let (node, below) = (b.node.to_vec(), b.below);
+                        self.guard.wait(&node, below, t);
+                    }
+                    None => entries.push(t),
+                }
+            }
+            self.ready.len -= taken;
+            if entries.is_empty() {
+                continue; // everything in that queue waits: try the next one
+            }
+            return Some(self.launch(kind, Origin::Map, entries, now));
+        }
+    }
+
+    /// The next piece of the pass (a due retry first), as a shallow batch.
+    fn next_pass_batch(&mut self, now: Instant) -> Option<Batch> {
+        let p = self.pass.as_mut()?;
+        let (level, piece) = if p.retry.front().is_some_and(|(due, _, _)| *due <= now) {
+            let (_, level, piece) = p.retry.pop_front().expect("checked");
+            (level, piece)
+        } else {
+            (0, p.next.take()?)
+        };
+        p.inflight += 1;
+        let origin = Origin::Pass { gen: p.gen, level };
+        let entries = piece
+            .dirs
+            .into_iter()
+            .map(|dir| Taken {
+                path: Arc::from(dir.as_path()),
+                pending: Pending {
+                    op: Op::Shallow,
+                    is_dir: true,
+                    born: false,
+                    first: now,
+                    last: now,
+                    due: now,
+                    attempts: level,
+                },
+            })
+            .collect();
+        Some(self.launch(BatchKind::Shallow, origin, entries, now))
+    }
+
+    /// Marks a batch's entries in flight.
+    fn launch(
+        &mut self,
+        kind: BatchKind,
+        origin: Origin,
+        entries: Vec<Taken>,
+        now: Instant,
+    ) -> Batch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        for t in &entries {
+            self.guard
+                .mark(guard::key(&t.path), seq, now, reach(t.pending.op));
+            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
+                self.trees_inflight += 1;
+            }
+        }
+        Batch {
+            kind,
+            seq,
+            origin,
+            entries,
+        }
     }
 
     fn no_tree_since(&self, since: Instant) -> bool {
         self.trees_inflight == 0 && self.last_tree_end.is_none_or(|end| end < since)
     }
 
-    fn conflicts(&self, path: &Path, p: &Pending) -> bool {
-        let dir_level = matches!(p.op, Op::Tree | Op::Shallow | Op::Delete) || p.is_dir;
-        if dir_level && self.inflight_under.get(path).is_some_and(|&n| n > 0) {
-            return true;
-        }
-        if self.inflight_ops.contains_key(path) {
-            return true;
-        }
-        path.ancestors().skip(1).any(|a| {
-            self.inflight_ops
-                .get(a)
-                .is_some_and(|op| matches!(op, Op::Tree | Op::Shallow | Op::Delete))
-        })
-    }
-
-    fn mark(&mut self, path: &Arc<Path>, op: Op) {
-        self.inflight_ops.insert(path.clone(), op);
-        for a in path.ancestors().skip(1) {
-            *self.inflight_under.entry(a.to_path_buf()).or_insert(0) += 1;
-        }
-        if matches!(op, Op::Tree | Op::Shallow) {
-            self.trees_inflight += 1;
-        }
-    }
-
-    fn unmark(&mut self, path: &Path, op: Op, now: Instant) {
-        self.inflight_ops.remove(path);
-        for a in path.ancestors().skip(1) {
-            if let Some(n) = self.inflight_under.get_mut(a) {
-                *n -= 1;
-                if *n == 0 {
-                    self.inflight_under.remove(a);
-                }
+    /// Ends what a batch held in flight; entries parked behind it go back to the ready queues.
+    fn land(&mut self, batch: &Batch, now: Instant) {
+        let mut released = Vec::new();
+        for t in &batch.entries {
+            self.guard
+                .unmark(guard::key(&t.path), batch.seq, &mut released);
+            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
+                self.trees_inflight -= 1;
+                self.last_tree_end = Some(now);
             }
         }
-        if matches!(op, Op::Tree | Op::Shallow) {
-            self.trees_inflight -= 1;
-            self.last_tree_end = Some(now);
+        // Released in the order they were parked, each in front of its queue: reverse so the
+        // oldest ends up first.
+        for t in released.into_iter().rev() {
+            self.ready.push_front(t);
         }
     }
 
     fn finish(&mut self, res: BatchResult) {
         let now = Instant::now();
         self.idle.push(res.shard);
+        self.land(&res.batch, now);
         let n = res.batch.entries.len();
         match res.outcome {
             o if o.succeeded() => {
@@ -379,16 +510,24 @@ impl Dispatcher {
                 self.down_backoff = Duration::ZERO;
                 self.last_progress = now;
                 self.stats.paths_done.fetch_add(n as u64, Ordering::Relaxed);
-                debug!(target = %self.target, kind = ?res.batch.kind, paths = n, ms = res.elapsed.as_millis() as u64, "batch done");
+                debug!(target = %self.target, kind = ?res.batch.kind, origin = ?res.batch.origin, paths = n, ms = res.elapsed.as_millis() as u64, "batch done");
                 if o == Outcome::Vanished {
                     debug!(target = %self.target, "some files vanished during transfer: {}", res.stderr.trim());
                 }
-                for t in &res.batch.entries {
-                    self.unmark(&t.path, t.pending.op, now);
-                    self.map.complete(&t.path, None);
-                    self.initial_progress(&t.path, t.pending.op);
+                match res.batch.origin {
+                    Origin::Map => {
+                        for t in &res.batch.entries {
+                            self.map.complete(&t.path, None);
+                        }
+                    }
+                    Origin::Pass { gen, .. } => {
+                        if let Some(p) = self.pass.as_mut().filter(|p| p.gen == gen) {
+                            p.inflight -= 1;
+                            p.dirs_done += n as u64;
+                        }
+                        self.check_pass_done(now);
+                    }
                 }
-                self.check_initial_done();
             }
             Outcome::TargetDown => {
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -397,13 +536,37 @@ impl Dispatcher {
                 self.down_until = Some(now + self.down_backoff);
                 warn!(target = %self.target, retry_in_ms = self.down_backoff.as_millis() as u64, pending = self.map.len(),
                       "target down: {}", last_line(&res.stderr));
+                self.requeue_down(res.batch, now);
+            }
+            outcome => {
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                let level = res.batch.entries.first().map_or(0, |t| t.pending.attempts) + 1;
+                let backoff = retry_backoff(level);
+                let msg = format!(
+                    "rsync {outcome:?} on a batch of {n} path(s), retrying in {}s: {}",
+                    backoff.as_secs(),
+                    res.stderr.trim()
+                );
+                if outcome == Outcome::Fatal {
+                    error!(target = %self.target, "{msg}");
+                } else {
+                    warn!(target = %self.target, "{msg}");
+                }
+                self.requeue_failed(res.batch, level, now + backoff);
+            }
+        }
+    }
+
+    /// A batch the target could not take: the same batch again once it is back.
+    fn requeue_down(&mut self, batch: Batch, now: Instant) {
+        match batch.origin {
+            Origin::Map => {
                 // A receiver killed mid-transfer can leave its temporary files behind; once the
                 // target is back, a shallow pass with --delete over each directory that had a
                 // file in flight removes them.
                 let mut dirs = std::collections::BTreeSet::new();
-                for t in res.batch.entries {
-                    self.unmark(&t.path, t.pending.op, now);
-                    if res.batch.kind == BatchKind::Plain {
+                for t in batch.entries {
+                    if batch.kind == BatchKind::Plain {
                         dirs.insert(t.path.parent().map(Path::to_path_buf).unwrap_or_default());
                     }
                     let mut p = t.pending;
@@ -415,58 +578,176 @@ impl Dispatcher {
                         .schedule(&dir, Op::Shallow, now + Duration::from_millis(1));
                 }
             }
-            outcome => {
-                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                let level = res.batch.entries.first().map_or(0, |t| t.pending.attempts) + 1;
-                let backoff = Duration::from_secs(1 << level.min(6)).min(Duration::from_secs(60));
-                let msg = format!(
-                    "rsync {outcome:?} on a batch of {n} path(s), retrying in {}s: {}",
-                    backoff.as_secs(),
-                    res.stderr.trim()
-                );
-                if outcome == Outcome::Fatal {
-                    error!(target = %self.target, "{msg}");
-                } else {
-                    warn!(target = %self.target, "{msg}");
+            Origin::Pass { gen, level } => {
+                // Pieces are shallow passes with --delete: their retry removes leftovers too.
+                if let Some(p) = self.pass.as_mut().filter(|p| p.gen == gen) {
+                    p.inflight -= 1;
+                    p.retry.push_front((now, level, piece_of(&batch.entries)));
                 }
-                for t in res.batch.entries {
-                    self.unmark(&t.path, t.pending.op, now);
+            }
+        }
+    }
+
+    /// A batch that failed in part: its entries again after `due`, in smaller batches.
+    fn requeue_failed(&mut self, batch: Batch, level: u32, due: Instant) {
+        match batch.origin {
+            Origin::Map => {
+                for t in batch.entries {
                     let mut p = t.pending;
                     p.attempts = level;
-                    p.due = now + backoff;
+                    p.due = due;
                     self.map.complete(&t.path, Some(p));
                 }
             }
+            Origin::Pass { gen, .. } => {
+                let Some(p) = self.pass.as_mut().filter(|p| p.gen == gen) else {
+                    return; // a newer pass covers it
+                };
+                p.inflight -= 1;
+                if batch.entries.len() == 1 {
+                    // Failing alone: the map retries it from here on (with backoff, like any
+                    // change), and the pass goes on without it.
+                    p.failed_dirs += 1;
+                    self.map.schedule(&batch.entries[0].path, Op::Shallow, due);
+                } else {
+                    let part = batch.entries.len().div_ceil(8);
+                    for chunk in batch.entries.chunks(part) {
+                        p.retry.push_back((due, level, piece_of(chunk)));
+                    }
+                }
+                self.check_pass_done(Instant::now());
+            }
         }
-        // Whatever waited on those transfers may go now.
-        let blocked = std::mem::take(&mut self.blocked);
-        self.ready.extend(blocked);
     }
 
-    fn initial_progress(&mut self, path: &Path, op: Op) {
-        if self.initial_left.is_empty() {
+    /// Starts a pass over `rel` (replacing one under way: its pieces in flight finish, the rest
+    /// is walked again).
+    fn start_pass(&mut self, rel: PathBuf, initial: bool, now: Instant) {
+        self.pass_gen += 1;
+        let walk = match Walk::start(self.source.clone(), rel.clone(), self.piece_size) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Without a walker thread, one subtree transfer of the whole tree does it.
+                error!(target = %self.target, "cannot start the tree walk ({e}); comparing the tree in one transfer");
+                self.map.schedule(&rel, Op::Tree, now);
+                None
+            }
+        };
+        self.pass = Some(PassState {
+            gen: self.pass_gen,
+            initial,
+            walk,
+            next: None,
+            retry: VecDeque::new(),
+            inflight: 0,
+            started: now,
+            dirs_done: 0,
+            failed_dirs: 0,
+        });
+    }
+
+    fn wants_piece(&self) -> bool {
+        self.pass
+            .as_ref()
+            .is_some_and(|p| p.walk.is_some() && p.next.is_none())
+    }
+
+    fn piece_arrived(&mut self, piece: Option<Piece>, now: Instant) {
+        let Some(p) = self.pass.as_mut() else { return };
+        match piece {
+            Some(piece) => p.next = Some(piece),
+            None => {
+                p.walk = None;
+                self.check_pass_done(now);
+            }
+        }
+    }
+
+    /// Ends the pass once it is walked and every piece is on the target.
+    fn check_pass_done(&mut self, now: Instant) {
+        let done = self.pass.as_ref().is_none_or(|p| {
+            p.walk.is_none() && p.next.is_none() && p.retry.is_empty() && p.inflight == 0
+        });
+        if !done {
             return;
         }
-        self.initial_left.remove(path);
-        if op == Op::Tree {
-            let under: Vec<_> = self
-                .initial_left
-                .iter()
-                .filter(|p| crate::change::is_below(p, path))
-                .cloned()
-                .collect();
-            for p in under {
-                self.initial_left.remove(&p);
+        if let Some(p) = self.pass.take() {
+            info!(
+                target = %self.target,
+                ms = now.duration_since(p.started).as_millis() as u64,
+                dirs = p.dirs_done,
+                failed_dirs = p.failed_dirs,
+                "{}", if p.initial { "start-up pass done" } else { "rescan done" }
+            );
+            if !p.initial {
+                return;
             }
+        }
+        if let Some(tx) = self.initial_done.take() {
+            let _ = tx.send(());
         }
     }
 
-    fn check_initial_done(&mut self) {
-        if self.initial_left.is_empty() {
-            if let Some(tx) = self.initial_done.take() {
-                let _ = tx.send(());
-            }
+    /// Shutdown while a pass is under way: its pieces in flight finish, the rest is left to the
+    /// next start.
+    fn abandon_pass(&mut self) {
+        if let Some(p) = self.pass.take() {
+            let walked = p
+                .walk
+                .as_ref()
+                .map(|w| w.stats.dirs.load(Ordering::Relaxed));
+            warn!(target = %self.target, dirs_done = p.dirs_done, dirs_walked = ?walked,
+                  "shutdown during the {}: the rest is compared at the next start",
+                  if p.initial { "start-up pass" } else { "rescan" });
         }
+    }
+
+    /// When the loop must look again, at the latest.
+    fn next_wake(&self, now: Instant, draining: bool, deadline: Option<Instant>) -> Instant {
+        let idle = Duration::from_secs(3600);
+        let mut wake = self.map.next_due().unwrap_or(now + idle);
+        if draining && !self.map.is_empty() {
+            wake = wake.min(now + Duration::from_millis(50));
+        }
+        if let Some(&(due, _, _)) = self.pass.as_ref().and_then(|p| p.retry.front()) {
+            wake = wake.min(due);
+        }
+        if self.idle.is_empty() || self.down_until.is_some_and(|t| t > now) {
+            // Nothing can be sent before a shard frees up (a result wakes us) or the target's
+            // backoff ends.
+            wake = self.down_until.filter(|&t| t > now).unwrap_or(now + idle);
+        }
+        // A deadline already past must not make the loop spin while a shard is still busy.
+        match deadline.filter(|&t| t > now) {
+            Some(t) => wake.min(t),
+            None => wake,
+        }
+    }
+}
+
+/// Whether an entry writes a directory itself, its subtree, or deletes it (and so must come
+/// after what is in flight below it).
+fn dir_level(p: &Pending) -> bool {
+    matches!(p.op, Op::Tree | Op::Shallow | Op::Delete) || p.is_dir
+}
+
+/// What a transfer of `op` covers at its path.
+fn reach(op: Op) -> Reach {
+    match op {
+        Op::Update => Reach::Entry,
+        Op::Delete | Op::Tree | Op::Shallow => Reach::Subtree,
+    }
+}
+
+/// The backoff of a partial failure at retry `level`: 2, 4, 8 ... s, at most 60 s.
+fn retry_backoff(level: u32) -> Duration {
+    Duration::from_secs(1 << level.min(6)).min(Duration::from_secs(60))
+}
+
+fn piece_of(entries: &[Taken]) -> Piece {
+    Piece {
+        dirs: entries.iter().map(|t| t.path.to_path_buf()).collect(),
+        entries: 0,
     }
 }
 
