@@ -2,7 +2,6 @@
 //! directory handles to paths (cached and uncached; needs root for `open_by_handle_at`), and
 //! the dedup map (inserting bursts of changes, taking due entries).
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,25 +45,7 @@ fn bench_parse(c: &mut Criterion) {
 
 /// `struct file_handle` bytes of `path`, from name_to_handle_at.
 fn handle_of(path: &std::path::Path) -> Vec<u8> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut buf = vec![0u32; 34];
-    buf[0] = 128; // handle_bytes capacity
-    let mut mount_id = 0i32;
-    // SAFETY: buf holds a file_handle header with 128 bytes of room.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_name_to_handle_at,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            buf.as_mut_ptr(),
-            &mut mount_id,
-            0,
-        )
-    };
-    assert_eq!(r, 0, "name_to_handle_at {}", path.display());
-    let len = 8 + buf[0] as usize;
-    // SAFETY: buf is at least len bytes long.
-    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) }.to_vec()
+    syncer::source::fanotify::sys::name_to_handle(path).expect("name_to_handle_at")
 }
 
 fn bench_resolve(c: &mut Criterion) {

@@ -13,6 +13,7 @@ pub mod resolve;
 pub mod sys;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -245,8 +246,7 @@ impl Reader {
         }
         let is_dir = ev.mask & FAN_ONDIR != 0;
         if is_dir && ev.mask & (FAN_MOVED_FROM | FAN_MOVED_TO | FAN_RENAME | FAN_MOVE_SELF) != 0 {
-            // Every cached path below the renamed directory is stale from here on.
-            self.resolver.invalidate_all();
+            self.renamed_dir(ev);
         }
         if is_dir && ev.mask & (FAN_DELETE | FAN_DELETE_SELF) != 0 {
             if let Some(fid) = ev
@@ -265,6 +265,32 @@ impl Reader {
                 _ => continue,
             };
             self.handle_record(rec, mask, is_dir);
+        }
+    }
+
+    /// A directory was renamed: the cached paths at and below its old name (and below the
+    /// name it replaced) are stale from here on; nothing else is.
+    fn renamed_dir(&mut self, ev: &Event<'_>) {
+        for rec in &ev.records {
+            let named = matches!(
+                rec.info_type,
+                FAN_EVENT_INFO_TYPE_OLD_DFID_NAME
+                    | FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
+                    | FAN_EVENT_INFO_TYPE_DFID_NAME
+            );
+            let Some(name) = rec.name.filter(|_| named) else {
+                continue;
+            };
+            match self.resolver.abs_path(rec.handle) {
+                Ok(Some(parent)) => self
+                    .resolver
+                    .invalidate_subtree(&parent.join(std::ffi::OsStr::from_bytes(name))),
+                // The parent is gone or cannot be resolved: any cached path may be stale.
+                _ => {
+                    self.resolver.invalidate_all();
+                    return;
+                }
+            }
         }
     }
 

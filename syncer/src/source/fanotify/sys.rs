@@ -70,6 +70,33 @@ fn cstring(path: &Path) -> io::Result<std::ffi::CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
+/// The file handle of `path` (a `struct file_handle` as the kernel writes it: `handle_bytes`,
+/// `handle_type`, then the opaque bytes), as fanotify reports it in FID records.
+pub fn name_to_handle(path: &Path) -> io::Result<Vec<u8>> {
+    let c = cstring(path)?;
+    // A file_handle header with MAX_HANDLE_SZ (128) bytes of room, 4-byte aligned.
+    let mut buf = vec![0u32; 2 + 128 / 4];
+    buf[0] = 128;
+    let mut mount_id = 0i32;
+    // SAFETY: buf holds a file_handle header with 128 bytes of room; c is NUL-terminated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = 8 + buf[0] as usize;
+    // SAFETY: buf is at least len bytes long (the kernel wrote at most 128 handle bytes).
+    Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) }.to_vec())
+}
+
 /// Opens the object named by a `struct file_handle` (as the kernel wrote it: `handle_bytes`,
 /// `handle_type`, then the opaque bytes) with `O_PATH`, relative to `mount_fd`'s filesystem.
 pub fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> io::Result<OwnedFd> {
