@@ -6,7 +6,7 @@
 //! subtree (files created in it before its watch existed are included), and `IN_Q_OVERFLOW`
 //! becomes a rescan of the whole tree (with watches re-added).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,9 @@ struct Watches {
     fd: Inotify,
     root: PathBuf,
     by_wd: HashMap<WatchDescriptor, PathBuf>,
+    /// The same watches by path, ordered by components so that a subtree is one range: a
+    /// directory rename or removal costs the watches it moves, not a scan of all of them.
+    by_path: BTreeMap<PathBuf, WatchDescriptor>,
 }
 
 impl Watches {
@@ -48,9 +51,7 @@ impl Watches {
         while let Some(dir) = stack.pop() {
             let abs = self.root.join(&dir);
             match self.fd.add_watch(&abs, watch_flags()) {
-                Ok(wd) => {
-                    self.by_wd.insert(wd, dir.clone());
-                }
+                Ok(wd) => self.insert(wd, dir.clone()),
                 Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => continue,
                 Err(Errno::ENOSPC) => {
                     let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
@@ -83,25 +84,52 @@ impl Watches {
         Ok(())
     }
 
-    /// Renames the watched paths below `from` to lie below `to`.
-    fn moved(&mut self, from: &Path, to: &Path) {
-        for p in self.by_wd.values_mut() {
-            if let Ok(rest) = p.strip_prefix(from) {
-                *p = to.join(rest);
+    fn insert(&mut self, wd: WatchDescriptor, dir: PathBuf) {
+        // The kernel gives the same descriptor for a directory watched again (after a rename
+        // it has not told us of, or a rescan): its old path is stale.
+        if let Some(old) = self.by_wd.insert(wd, dir.clone()) {
+            if self.by_path.get(&old) == Some(&wd) {
+                self.by_path.remove(&old);
             }
+        }
+        self.by_path.insert(dir, wd);
+    }
+
+    fn forget(&mut self, wd: WatchDescriptor) {
+        if let Some(p) = self.by_wd.remove(&wd) {
+            if self.by_path.get(&p) == Some(&wd) {
+                self.by_path.remove(&p);
+            }
+        }
+    }
+
+    /// The watches at `rel` and below it.
+    fn subtree(&self, rel: &Path) -> Vec<(PathBuf, WatchDescriptor)> {
+        self.by_path
+            .range::<Path, _>((std::ops::Bound::Included(rel), std::ops::Bound::Unbounded))
+            .take_while(|(p, _)| p.starts_with(rel))
+            .map(|(p, wd)| (p.clone(), *wd))
+            .collect()
+    }
+
+    /// Renames the watched paths at and below `from` to lie below `to`.
+    fn moved(&mut self, from: &Path, to: &Path) {
+        for (p, wd) in self.subtree(from) {
+            self.by_path.remove(&p);
+            let rest = p.strip_prefix(from).expect("in the subtree");
+            let new = if rest.as_os_str().is_empty() {
+                to.to_path_buf()
+            } else {
+                to.join(rest)
+            };
+            self.insert(wd, new);
         }
     }
 
     /// Drops the watches on `rel` and below (moved out of the tree).
     fn remove_tree(&mut self, rel: &Path) {
-        let gone: Vec<WatchDescriptor> = self
-            .by_wd
-            .iter()
-            .filter(|(_, p)| p.starts_with(rel))
-            .map(|(wd, _)| *wd)
-            .collect();
-        for wd in gone {
-            self.by_wd.remove(&wd);
+        for (_, wd) in self.subtree(rel) {
+            self.forget(wd);
             let _ = self.fd.rm_watch(wd);
         }
     }
@@ -124,6 +152,7 @@ pub fn start(
         fd,
         root: cfg.root.clone(),
         by_wd: HashMap::new(),
+        by_path: BTreeMap::new(),
     };
     let t0 = std::time::Instant::now();
     w.add_tree(Path::new(""))?;
@@ -184,7 +213,7 @@ fn handle(w: &mut Watches, events: &[InotifyEvent], stats: &SourceStats, out: &m
             continue;
         }
         if m.contains(AddWatchFlags::IN_IGNORED) {
-            w.by_wd.remove(&ev.wd);
+            w.forget(ev.wd);
             continue;
         }
         let Some(dir) = w.by_wd.get(&ev.wd).cloned() else {
