@@ -17,6 +17,7 @@
 #[macro_use]
 mod util;
 
+mod bigtree;
 mod bulk;
 mod delete;
 mod ebpf;

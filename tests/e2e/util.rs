@@ -1110,10 +1110,15 @@ pub struct Rig {
 impl Rig {
     /// Sets everything up, or prints `SKIP: ...` and returns `None` (see [`skip`]).
     pub fn new() -> Option<Rig> {
+        Self::with_fs_size(LoopFs::DEFAULT_SIZE)
+    }
+
+    /// [`Rig::new`] with a source filesystem of `bytes` (one inode per 4 KiB).
+    pub fn with_fs_size(bytes: u64) -> Option<Rig> {
         if skip() {
             return None;
         }
-        let fs = LoopFs::new();
+        let fs = LoopFs::with_size(bytes);
         let src = fs.mkdir("src");
         let scratch = temp_dir("rig");
         let local = scratch.path().join("local-target");
