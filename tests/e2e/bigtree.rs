@@ -47,19 +47,18 @@ fn big_tree_under_live_writes(kind: SourceKind) {
     let t0 = Instant::now();
     let files = make_tree(&src, &spec());
     let target = rig.daemon.path().to_path_buf();
-    for t in [target.as_path()] {
-        run_tool(
-            std::process::Command::new(tool("rsync"))
-                .args(["-a", "--numeric-ids"])
-                .arg(format!("{}/", src.display()))
-                .arg(t),
-        )
-        .expect("pre-seeding a target");
-        // Stale differences the pass must repair.
-        write_file(&t.join(&files[7]), b"stale contents on the target\n");
-        write_file(&t.join("d3/d3/stale-extra"), b"not in the source\n");
-        remove(&t.join(&files[11]));
-    }
+    let t = target.as_path();
+    run_tool(
+        std::process::Command::new(tool("rsync"))
+            .args(["-a", "--numeric-ids"])
+            .arg(format!("{}/", src.display()))
+            .arg(t),
+    )
+    .expect("pre-seeding a target");
+    // Stale differences the pass must repair.
+    write_file(&t.join(&files[7]), b"stale contents on the target\n");
+    write_file(&t.join("d3/d3/stale-extra"), b"not in the source\n");
+    remove(&t.join(&files[11]));
     eprintln!(
         "tree of {FILES} files on source and target in {:.1?}",
         t0.elapsed()
