@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use syncer::change::{Change, ChangeKind};
-use syncer::dedup::DedupMap;
+use syncer::queue::DedupMap;
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use syncer::change::{Change, ChangeKind};
-use syncer::dedup::DedupMap;
+use syncer::queue::DedupMap;
 use syncer::source::fanotify::parse::{encode_event, parse};
 use syncer::source::fanotify::resolve::Resolver;
 use syncer::source::fanotify::sys::*;

@@ -42,9 +42,11 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncer::config::{EbpfHooks, QueueMode, SourceKind};
-use syncer::dedup::DedupMap;
-use syncer::source::{start, Sink, SourceConfig, SourceHandle, SourceStats};
+use syncer::queue::DedupMap;
+use syncer::queue::Fanout;
+use syncer::shutdown::Shutdown;
+use syncer::source::{start, SourceConfig, SourceHandle, SourceStats};
+use syncer::source::{EbpfHooks, QueueMode, SourceKind};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -583,7 +585,8 @@ fn run_once(env: &mut Env, wl: Workload, kind: Option<SourceKind>, n: u64) -> Re
             Some(Running(Some(start(
                 kind,
                 &cfg,
-                Sink::new(vec![map.clone()]),
+                Arc::new(Fanout::new(vec![map.clone()])),
+                &Shutdown::new(),
             )?)))
         }
     };

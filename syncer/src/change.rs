@@ -1,6 +1,6 @@
 //! The vocabulary every event source speaks: a [`Change`] to one path relative to the source
-//! root. Sources translate kernel records into these; nothing downstream knows which kernel
-//! interface produced them.
+//! root, delivered to a [`ChangeSink`]. Sources translate kernel records into these; nothing
+//! downstream knows which kernel interface produced them. A leaf: imports nothing of syncer.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +41,12 @@ impl Change {
     pub fn rescan(path: impl Into<PathBuf>) -> Change {
         Change::new(path, ChangeKind::Rescan, true)
     }
+}
+
+/// Where a source delivers what it saw (the queues of every target). `push` must not block on
+/// the transfer side: sources call it from their reader threads.
+pub trait ChangeSink: Send + Sync {
+    fn push(&self, changes: &[Change]);
 }
 
 /// The changes caused by a directory-entry operation on `path`: the entry itself, and its

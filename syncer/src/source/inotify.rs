@@ -7,17 +7,16 @@
 //! becomes a rescan of the whole tree (with watches re-added).
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{Sink, SourceConfig, SourceError, SourceStats};
+use super::{Source, SourceConfig, SourceError, SourceStats};
 use crate::change::{entry_changes, Change, ChangeKind};
 
 fn watch_flags() -> AddWatchFlags {
@@ -44,8 +43,8 @@ struct Watches {
 }
 
 impl Watches {
-    /// Watches `rel` and every directory below it. Returns how many directories failed for a
-    /// reason other than disappearing meanwhile.
+    /// Watches `rel` and every directory below it; directories that vanish meanwhile are
+    /// skipped. Fails on the watch limit (naming the sysctl) or an unexpected error.
     fn add_tree(&mut self, rel: &Path) -> Result<(), SourceError> {
         let mut stack = vec![rel.to_path_buf()];
         while let Some(dir) = stack.pop() {
@@ -135,13 +134,8 @@ impl Watches {
     }
 }
 
-/// Starts the inotify source thread (after watching the whole tree).
-pub fn start(
-    cfg: &SourceConfig,
-    sink: Sink,
-    stop: Arc<AtomicBool>,
-    stats: Arc<SourceStats>,
-) -> Result<JoinHandle<()>, SourceError> {
+/// Opens the inotify source: a watch on every directory of the tree.
+pub fn open_source(cfg: &SourceConfig, stats: Arc<SourceStats>) -> Result<Reader, SourceError> {
     let fd = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(|e| {
         SourceError::Io {
             what: "inotify_init".into(),
@@ -162,40 +156,32 @@ pub fn start(
         ms = t0.elapsed().as_millis() as u64,
         "event source live: inotify (one watch per directory)"
     );
-    super::spawn_reader("inotify", move || run(w, sink, stop, stats))
+    Ok(Reader { w, stats })
 }
 
-fn run(mut w: Watches, sink: Sink, stop: Arc<AtomicBool>, stats: Arc<SourceStats>) {
-    let mut out = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        match super::fanotify::sys::poll_in(w.fd.as_fd(), 200) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                warn!("inotify poll failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                continue;
-            }
-        }
-        let events = match w.fd.read_events() {
+/// The watches and what turns their events into changes.
+pub struct Reader {
+    w: Watches,
+    stats: Arc<SourceStats>,
+}
+
+impl Source for Reader {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.w.fd.as_fd()
+    }
+
+    fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()> {
+        let events = match self.w.fd.read_events() {
             Ok(evs) => evs,
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
-            Err(e) => {
-                warn!("inotify read failed: {e}; rescanning");
-                out.push(Change::rescan(""));
-                sink.push(&out);
-                out.clear();
-                continue;
-            }
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
-        stats
+        self.stats
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        handle(&mut w, &events, &stats, &mut out);
-        sink.push(&out);
-        out.clear();
+        handle(&mut self.w, &events, &self.stats, out);
+        Ok(())
     }
-    debug!("inotify source stopped");
 }
 
 fn handle(w: &mut Watches, events: &[InotifyEvent], stats: &SourceStats, out: &mut Vec<Change>) {

@@ -1,30 +1,96 @@
-//! Event sources: each watches the source tree through one kernel interface and turns what it
-//! reads into [`Change`]s for the sink. A source knows nothing of targets or rsync.
+//! Event sources: each arms one kernel interface on the source tree and turns what it reads
+//! into [`Change`]s for the sink. A source knows nothing of targets or rsync.
 //!
-//! Every source runs on its own thread (kernel reads are blocking and the hot path must not wait
-//! on the async runtime) and stops when its stop flag is raised. A source that loses events
-//! (queue overflow, unresolvable records) sends a [`ChangeKind::Rescan`] for the affected subtree
-//! instead of dropping anything silently.
+//! A source implements [`Source`] (a descriptor to poll, a non-blocking read); one reader loop
+//! ([`reader`]) drives every kind on its own thread, so kernel reads never wait on the async
+//! runtime. [`policy`] decides which kind `auto` opens (and `syncer check` asks the same
+//! policy). A source that loses events (queue overflow, unresolvable records) sends a
+//! [`ChangeKind::Rescan`] instead of dropping anything silently.
 //!
 //! [`ChangeKind::Rescan`]: crate::change::ChangeKind::Rescan
 
 pub mod ebpf;
 pub mod fanotify;
 pub mod inotify;
+pub mod policy;
+mod reader;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use tracing::info;
+use serde::Deserialize;
+use tokio::sync::oneshot;
 
-use crate::change::Change;
-use crate::config::{EbpfHooks, QueueMode, SourceKind};
-use crate::dedup::DedupMap;
+use crate::change::{Change, ChangeSink};
+use crate::shutdown::Shutdown;
 
-/// Why a source could not start.
+/// Which kernel event source feeds the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The best source this kernel and these privileges allow (see [`policy`]).
+    Auto,
+    Fanotify,
+    Ebpf,
+    Inotify,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SourceKind::Auto),
+            "fanotify" => Ok(SourceKind::Fanotify),
+            "ebpf" => Ok(SourceKind::Ebpf),
+            "inotify" => Ok(SourceKind::Inotify),
+            other => Err(format!(
+                "unknown source kind {other:?} (expected auto, fanotify, ebpf or inotify)"
+            )),
+        }
+    }
+}
+
+/// Size policy of the fanotify kernel queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueMode {
+    /// `FAN_UNLIMITED_QUEUE`: the kernel never drops events (the default; see ARCHITECTURE.md).
+    Unlimited,
+    /// The kernel's default bounded queue (16384 events): overflow leads to a rescan.
+    Bounded,
+}
+
+/// Which kernel hooks the eBPF source attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfHooks {
+    /// The VFS-level hooks where the kernel allows fentry programs, else syscall tracepoints
+    /// (the default).
+    Auto,
+    /// Only the VFS-level hooks; fail if the kernel refuses them.
+    Fsnotify,
+    /// Only syscall tracepoints, even where fentry would load.
+    Tracepoints,
+}
+
+impl std::str::FromStr for EbpfHooks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EbpfHooks::Auto),
+            "fsnotify" => Ok(EbpfHooks::Fsnotify),
+            "tracepoints" => Ok(EbpfHooks::Tracepoints),
+            other => Err(format!(
+                "unknown eBPF hooks {other:?} (expected auto, fsnotify or tracepoints)"
+            )),
+        }
+    }
+}
+
+/// Why a source could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{kind} needs {what}: {source}. Run syncer as root, or use --source-kind inotify for unprivileged watching")]
@@ -40,30 +106,6 @@ pub enum SourceError {
         what: String,
         source: std::io::Error,
     },
-}
-
-/// Where sources deliver changes: every target's dedup map.
-#[derive(Clone)]
-pub struct Sink {
-    maps: Arc<Vec<Arc<DedupMap>>>,
-}
-
-impl Sink {
-    pub fn new(maps: Vec<Arc<DedupMap>>) -> Sink {
-        Sink {
-            maps: Arc::new(maps),
-        }
-    }
-
-    pub fn push(&self, changes: &[Change]) {
-        if changes.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        for m in self.maps.iter() {
-            m.insert_all(changes, now);
-        }
-    }
 }
 
 /// Counters shared by a source and the daemon.
@@ -89,123 +131,85 @@ pub struct SourceConfig {
     pub ebpf_ring_bytes: u32,
 }
 
-/// A running source; dropping it without [`SourceHandle::stop`] leaves the thread running
-/// until the process ends.
+/// A kernel interface armed on the source tree (mark, watches or programs in place), driven by
+/// the reader loop.
+pub trait Source: Send {
+    /// The descriptor that turns readable when records wait.
+    fn fd(&self) -> BorrowedFd<'_>;
+
+    /// Reads what is ready without blocking (one buffer's worth at most) and appends the
+    /// changes to `out`. Called after every poll, a timeout included, so that losses the
+    /// kernel only counts are noticed too. An error means records may be lost: the loop
+    /// rescans.
+    fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()>;
+}
+
+/// How a source's thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceExit {
+    /// Asked to stop.
+    Stopped,
+    /// The thread died on its own: why (a panic's message).
+    Died(String),
+}
+
+/// A running source: its thread, what it is, its counters.
 pub struct SourceHandle {
-    pub kind: SourceKind,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// The kind that was opened (never `Auto`) and its hooks, for logs.
+    pub picked: policy::Candidate,
+    thread: Option<JoinHandle<SourceExit>>,
+    exited: oneshot::Receiver<()>,
+    shutdown: Shutdown,
     pub stats: Arc<SourceStats>,
 }
 
 impl SourceHandle {
-    /// Asks the source thread to stop and waits for it.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Resolves when the source's thread has ended (on its own, or after [`SourceHandle::stop`]).
+    pub async fn exited(&mut self) {
+        let _ = (&mut self.exited).await;
+    }
+
+    /// Stops the source (if still running) and waits for its thread.
+    pub fn stop(mut self) -> SourceExit {
+        self.shutdown.trigger();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(exit)) => exit,
+            Some(Err(_)) | None => SourceExit::Died("the reader thread was lost".into()),
         }
     }
 }
 
-/// Starts the source of `kind` (resolving `auto`) on `cfg.root`.
+/// Opens the source of `kind` (resolving `auto` through [`policy`]) on `cfg.root` and starts
+/// its reader thread, which delivers to `sink` until `shutdown` (or a child of it) fires.
 pub fn start(
     kind: SourceKind,
     cfg: &SourceConfig,
-    sink: Sink,
+    sink: Arc<dyn ChangeSink>,
+    shutdown: &Shutdown,
 ) -> Result<SourceHandle, SourceError> {
-    let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(SourceStats::default());
-    let (kind, thread) = match kind {
-        SourceKind::Fanotify => (
-            SourceKind::Fanotify,
-            fanotify::start(cfg, sink, stop.clone(), stats.clone())?,
-        ),
-        SourceKind::Inotify => (
-            SourceKind::Inotify,
-            inotify::start(cfg, sink, stop.clone(), stats.clone())?,
-        ),
-        SourceKind::Ebpf => (
-            SourceKind::Ebpf,
-            ebpf::start(cfg, sink, stop.clone(), stats.clone())?,
-        ),
-        SourceKind::Auto => auto(cfg, sink, &stop, &stats)?,
+    let (picked, source) = policy::open(kind, cfg, &stats)?;
+    let shutdown = shutdown.child();
+    let (tx, exited) = oneshot::channel();
+    let thread = {
+        let (shutdown, stats) = (shutdown.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name(picked.thread_name().into())
+            .spawn(move || {
+                let exit = reader::run(source, sink, &shutdown, &stats);
+                let _ = tx.send(());
+                exit
+            })
+            .map_err(|e| SourceError::Io {
+                what: format!("spawn the {} thread", picked.thread_name()),
+                source: e,
+            })?
     };
     Ok(SourceHandle {
-        kind,
-        stop,
+        picked,
         thread: Some(thread),
+        exited,
+        shutdown,
         stats,
     })
-}
-
-/// `auto`: the first source that starts, best first. The eBPF fsnotify hooks see what
-/// fanotify sees and filter and coalesce in the kernel; fanotify needs no BPF; eBPF syscall
-/// tracepoints miss in-kernel writers but need no file-handle support from the filesystem;
-/// inotify needs a watch per directory.
-fn auto(
-    cfg: &SourceConfig,
-    sink: Sink,
-    stop: &Arc<AtomicBool>,
-    stats: &Arc<SourceStats>,
-) -> Result<(SourceKind, JoinHandle<()>), SourceError> {
-    let with_hooks = |ebpf_hooks| SourceConfig {
-        ebpf_hooks,
-        ..cfg.clone()
-    };
-    let fsnotify_hooks = match cfg.ebpf_hooks {
-        EbpfHooks::Auto => EbpfHooks::Fsnotify,
-        h => h,
-    };
-    let mut why = Vec::new();
-    if fsnotify_hooks == EbpfHooks::Fsnotify {
-        match ebpf::start(
-            &with_hooks(fsnotify_hooks),
-            sink.clone(),
-            stop.clone(),
-            stats.clone(),
-        ) {
-            Ok(t) => return Ok((SourceKind::Ebpf, t)),
-            Err(e) => why.push(format!("eBPF fsnotify hooks: {e}")),
-        }
-    }
-    match fanotify::start(cfg, sink.clone(), stop.clone(), stats.clone()) {
-        Ok(t) => return Ok((SourceKind::Fanotify, t)),
-        Err(e) => why.push(format!("fanotify: {e}")),
-    }
-    if cfg.ebpf_hooks != EbpfHooks::Fsnotify {
-        match ebpf::start(
-            &with_hooks(EbpfHooks::Tracepoints),
-            sink.clone(),
-            stop.clone(),
-            stats.clone(),
-        ) {
-            Ok(t) => return Ok((SourceKind::Ebpf, t)),
-            Err(e) => why.push(format!("eBPF tracepoints: {e}")),
-        }
-    }
-    info!("auto: falling back to inotify ({})", why.join("; "));
-    Ok((
-        SourceKind::Inotify,
-        inotify::start(cfg, sink, stop.clone(), stats.clone())?,
-    ))
-}
-
-/// Runs a source's reader loop on its own named thread.
-fn spawn_reader(
-    name: &str,
-    f: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, SourceError> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(|e| SourceError::Io {
-            what: format!("spawn the {name} thread"),
-            source: e,
-        })
-}
-
-/// `abs` relative to `root`, if it lies in it (the root itself is the empty path).
-pub fn relative_to(abs: &Path, root: &Path) -> Option<PathBuf> {
-    abs.strip_prefix(root).ok().map(Path::to_path_buf)
 }

@@ -254,11 +254,13 @@ mod tests {
         let r = decode(&buf).unwrap();
         assert_eq!((r.mask, r.tgid, r.name), (EV_CREATE, 7, &b"f"[..]));
         assert_eq!(r.walk, vec![&b"b"[..], &b"a"[..]]);
+        // A record cut anywhere is refused, never read past its end or taken for another.
         for cut in 0..buf.len() {
-            // Every prefix either fails cleanly or (cut inside nothing) decodes.
-            let _ = decode(&buf[..cut]);
+            assert!(
+                decode(&buf[..cut]).is_err(),
+                "a record cut at {cut} decoded"
+            );
         }
-        assert!(decode(&buf[..HEADER_LEN + 1]).is_err());
     }
 
     /// Data-driven: (fs path of the source, walk leaf first, name, expected).

@@ -12,21 +12,20 @@ pub mod parse;
 pub mod resolve;
 pub mod sys;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use tracing::{debug, info, warn};
 
 use self::parse::{Event, Record};
 use self::resolve::{Resolved, Resolver};
 use self::sys::*;
-use super::{Sink, SourceConfig, SourceError, SourceStats};
+use super::QueueMode;
+use super::{Source, SourceConfig, SourceError, SourceStats};
 use crate::change::{entry_changes, Change, ChangeKind};
-use crate::config::QueueMode;
 
 /// Dir-handle cache entries before the cache starts over.
 const CACHE_CAPACITY: usize = 1 << 18;
@@ -135,13 +134,8 @@ pub fn mark_filesystem(
     .map_err(io)
 }
 
-/// Starts the fanotify source thread.
-pub fn start(
-    cfg: &SourceConfig,
-    sink: Sink,
-    stop: Arc<AtomicBool>,
-    stats: Arc<SourceStats>,
-) -> Result<JoinHandle<()>, SourceError> {
+/// Opens the fanotify source: the group, the filesystem mark, the handle resolver.
+pub fn open_source(cfg: &SourceConfig, stats: Arc<SourceStats>) -> Result<Reader, SourceError> {
     let (fd, mut features) = open(cfg.queue)?;
     mark_filesystem(&fd, &cfg.root, &mut features)?;
     let mount_fd: OwnedFd = std::fs::File::open(&cfg.root)
@@ -158,59 +152,45 @@ pub fn start(
         unlimited_queue = features.unlimited,
         "event source live: fanotify filesystem mark"
     );
-    let mut reader = Reader {
+    Ok(Reader {
         fd,
         resolver,
-        sink,
         stats,
+        buf: vec![0u8; BUF_LEN],
         out: Vec::with_capacity(1024),
-    };
-    super::spawn_reader("fanotify", move || reader.run(&stop))
+    })
 }
 
-struct Reader {
+/// The armed fanotify group and what turns its records into changes.
+pub struct Reader {
     fd: OwnedFd,
     resolver: Resolver,
-    sink: Sink,
     stats: Arc<SourceStats>,
+    buf: Vec<u8>,
     out: Vec<Change>,
 }
 
 /// Read buffer size; the kernel fills it with as many whole events as fit.
 const BUF_LEN: usize = 256 * 1024;
 
-impl Reader {
-    fn run(&mut self, stop: &AtomicBool) {
-        let mut buf = vec![0u8; BUF_LEN];
-        while !stop.load(Ordering::Relaxed) {
-            match poll_in(self.fd.as_fd(), 200) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(e) => {
-                    warn!("fanotify poll failed: {e}; rescanning");
-                    self.rescan("poll error");
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    continue;
-                }
-            }
-            loop {
-                let n = match read(self.fd.as_fd(), &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        warn!("fanotify read failed: {e}; rescanning");
-                        self.rescan("read error");
-                        break;
-                    }
-                };
-                self.handle_buffer(&buf[..n]);
-                self.sink.push(&self.out);
-                self.out.clear();
-            }
-        }
-        debug!("fanotify source stopped");
+impl Source for Reader {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
+    fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = read(self.fd.as_fd(), &mut buf);
+        if let Ok(n) = r {
+            self.handle_buffer(&buf[..n]);
+        }
+        self.buf = buf;
+        out.append(&mut self.out);
+        r.map(drop)
+    }
+}
+
+impl Reader {
     fn rescan(&mut self, why: &str) {
         self.stats.rescans.fetch_add(1, Ordering::Relaxed);
         debug!("rescan of the whole tree: {why}");

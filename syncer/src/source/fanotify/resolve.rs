@@ -103,7 +103,8 @@ impl Resolver {
         Ok(self.by_handle.get(handle).map(|c| c.abs.clone()))
     }
     /// The path of `name` in the directory `handle`. A missing name, or `.`, is the directory
-    /// itself. `None` when the entry is not inside the source tree.
+    /// itself. `Err(Outside)` when the entry is not inside the source tree, `Err(Gone)` when
+    /// its directory no longer exists.
     pub fn entry(
         &mut self,
         handle: &[u8],

@@ -1,5 +1,6 @@
-//! Raw fanotify and handle system calls, and the constants of `<linux/fanotify.h>` that the libc
-//! crate does not reliably carry. Everything unsafe about the kernel interface lives here.
+//! Raw fanotify, handle and poll system calls, and the constants of `<linux/fanotify.h>` that the
+//! libc crate does not reliably carry. The fanotify source's unsafe code lives here (the eBPF
+//! source's is in its loader and record decoder).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -30,7 +31,6 @@ pub const FAN_REPORT_TARGET_FID: u32 = 0x0000_1000;
 pub const FAN_REPORT_DFID_NAME: u32 = FAN_REPORT_DIR_FID | FAN_REPORT_NAME;
 
 pub const FAN_MARK_ADD: u32 = 0x0000_0001;
-pub const FAN_MARK_MOUNT: u32 = 0x0000_0010;
 pub const FAN_MARK_FILESYSTEM: u32 = 0x0000_0100;
 
 pub const FAN_EVENT_INFO_TYPE_FID: u8 = 1;

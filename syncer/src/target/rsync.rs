@@ -1,4 +1,5 @@
-//! How one batch becomes one rsync invocation, and what rsync's exit code means.
+//! The rsync transport: how one batch becomes one rsync invocation, and what rsync's exit code
+//! means.
 //!
 //! Every call is `rsync -a --from0 --files-from=- ... SOURCE/ DEST/` fed a NUL-separated list of
 //! paths relative to the source root on stdin, so that any byte may appear in a name.
@@ -10,11 +11,77 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::RsyncOptions;
-use crate::dedup::Op;
-use crate::target::Target;
+use super::{Invocation, Target, Transport};
+
+/// How rsync is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsyncOptions {
+    /// The rsync binary.
+    pub program: PathBuf,
+    /// Extra arguments appended to every call (e.g. `-H`, `-A`, `-X`, `--bwlimit=...`).
+    pub extra_args: Vec<String>,
+    /// rsync's I/O `--timeout` in seconds.
+    pub io_timeout_s: u32,
+}
+
+/// rsync to a daemon, over ssh or to a local directory: the one transport of today.
+#[derive(Debug, Clone)]
+pub struct Rsync {
+    source: PathBuf,
+    target: Target,
+    opts: RsyncOptions,
+}
+
+impl Rsync {
+    pub fn new(source: &Path, target: &Target, opts: &RsyncOptions) -> Rsync {
+        Rsync {
+            source: source.to_path_buf(),
+            target: target.clone(),
+            opts: opts.clone(),
+        }
+    }
+}
+
+impl Transport for Rsync {
+    fn sync(&self, kind: BatchKind, paths: &[&Path]) -> Invocation {
+        let mut stdin = Vec::with_capacity(paths.len() * 32);
+        for p in paths {
+            push_entry(&mut stdin, p, kind);
+        }
+        if kind == BatchKind::Plain && touches_root_entries(paths) {
+            push_entry(&mut stdin, Path::new(""), kind);
+        }
+        Invocation {
+            program: self.opts.program.clone(),
+            args: args(&self.opts, kind, &self.source, &self.target),
+            stdin,
+        }
+    }
+
+    fn outcome(&self, code: Option<i32>) -> Outcome {
+        Outcome::from_exit(code)
+    }
+}
+
+/// Whether a plain batch writes entries directly in the source root. rsync writes a file by
+/// renaming a temporary file into place, which moves the mtime of the target's directory;
+/// it restores the mtimes of the directories in its file list at the end, and `--relative`
+/// puts every parent directory of a listed path in that list, except the root itself. So the
+/// root goes in explicitly.
+fn touches_root_entries(paths: &[&Path]) -> bool {
+    let mut root_listed = false;
+    let mut root_child = false;
+    for p in paths {
+        match p.parent() {
+            None => root_listed = true,
+            Some(p) if p.as_os_str().is_empty() => root_child = true,
+            Some(_) => {}
+        }
+    }
+    root_child && !root_listed
+}
 
 /// Which kind of rsync call a batch needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,16 +92,6 @@ pub enum BatchKind {
     Tree,
     /// Directories with their immediate entries, with deletion of extraneous entries.
     Shallow,
-}
-
-impl BatchKind {
-    pub fn of(op: Op) -> BatchKind {
-        match op {
-            Op::Update | Op::Delete => BatchKind::Plain,
-            Op::Tree => BatchKind::Tree,
-            Op::Shallow => BatchKind::Shallow,
-        }
-    }
 }
 
 /// The argument vector (without the program) for a batch of `kind` from `source` to `target`.
@@ -123,8 +180,8 @@ pub enum Outcome {
     /// The target could not be reached or the connection broke: the target is down; retry the
     /// same batch once it is back.
     TargetDown,
-    /// rsync refused the call (usage, protocol, unsupported option) or could not run: retry
-    /// with a long backoff, loudly.
+    /// rsync refused the call (usage, protocol, unsupported option) or could not run: retried
+    /// with the partial-failure backoff (2 s doubling to 60 s), logged as an error.
     Fatal,
 }
 
@@ -155,7 +212,6 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     #[test]
     fn exit_codes() {
@@ -191,7 +247,6 @@ mod tests {
         let opts = RsyncOptions {
             program: PathBuf::from("rsync"),
             extra_args: vec!["-H".into()],
-            batch_max: 10,
             io_timeout_s: 60,
         };
         let t = Target::parse("rsync://h:1/m", Some(Path::new("/pw"))).unwrap();

@@ -1,10 +1,23 @@
-//! Replication targets: parsing the three accepted forms (local directory, rsync daemon URL,
-//! ssh `[user@]host:path`) and turning one into the destination argument rsync expects.
+//! Replication targets: the three accepted forms (local directory, rsync daemon URL, ssh
+//! `[user@]host:path`), and the [`Transport`] seam: how a request of the transfer layer ("make
+//! these paths on the target as they are in the source", later "rename this") becomes one
+//! process to run. The transfer layer runs it; nothing here spawns anything. Today every form
+//! is served by rsync ([`rsync::Rsync`]); a transport that can rename on the target (ssh, local)
+//! answers [`Transport::rename`].
 
+pub mod rsync;
+
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::error::ConfigError;
+pub use self::rsync::{BatchKind, Outcome, RsyncOptions};
+
+/// A target that cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
 
 /// Where a tree is replicated to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +42,8 @@ pub struct Target {
 
 impl Target {
     /// Parses a target as given on the command line or in the config file.
-    pub fn parse(text: &str, password_file: Option<&Path>) -> Result<Target, ConfigError> {
-        let invalid = |msg: String| ConfigError::Invalid {
-            flag: "--target",
-            msg,
-        };
+    pub fn parse(text: &str, password_file: Option<&Path>) -> Result<Target, TargetError> {
+        let invalid = TargetError;
         if text.is_empty() {
             return Err(invalid("empty target".into()));
         }
@@ -100,6 +110,35 @@ impl Target {
     pub fn is_daemon(&self) -> bool {
         matches!(self.kind, TargetKind::Daemon { .. })
     }
+}
+
+/// One process to run for a request: the program, its arguments, what goes to its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub stdin: Vec<u8>,
+}
+
+/// How the transfer layer's requests reach one target.
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// The process that makes `paths` (relative to the source root; the root is the empty
+    /// path) on the target as they are in the source when it runs, `kind` saying how deep.
+    fn sync(&self, kind: BatchKind, paths: &[&Path]) -> Invocation;
+
+    /// What an exit status of a [`Transport::sync`] process means.
+    fn outcome(&self, code: Option<i32>) -> Outcome;
+
+    /// The process that renames `from` to `to` on the target, where this transport can (none
+    /// can yet: a rename travels as a deletion and a transfer of the new name).
+    fn rename(&self, _from: &Path, _to: &Path) -> Option<Invocation> {
+        None
+    }
+}
+
+/// The transport for `target`, replicating `source`.
+pub fn transport(source: &Path, target: &Target, opts: &RsyncOptions) -> Arc<dyn Transport> {
+    Arc::new(rsync::Rsync::new(source, target, opts))
 }
 
 /// `host:path` where the part before the first `:` has no `/` (rsync's own rule).

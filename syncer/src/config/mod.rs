@@ -7,83 +7,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::ConfigError;
-use crate::target::{Target, TargetKind};
+use crate::source::{EbpfHooks, QueueMode, SourceKind};
+use crate::target::{RsyncOptions, Target, TargetKind};
 
-/// Which kernel event source feeds the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// The best source this kernel and these privileges allow (see `syncer check`).
-    Auto,
-    Fanotify,
-    Ebpf,
-    Inotify,
-}
-
-impl std::str::FromStr for SourceKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(SourceKind::Auto),
-            "fanotify" => Ok(SourceKind::Fanotify),
-            "ebpf" => Ok(SourceKind::Ebpf),
-            "inotify" => Ok(SourceKind::Inotify),
-            other => Err(format!(
-                "unknown source kind {other:?} (expected auto, fanotify, ebpf or inotify)"
-            )),
-        }
-    }
-}
-
-/// Size policy of the fanotify kernel queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueMode {
-    /// `FAN_UNLIMITED_QUEUE`: the kernel never drops events (the default; see ARCHITECTURE.md).
-    Unlimited,
-    /// The kernel's default bounded queue (16384 events): overflow leads to a rescan.
-    Bounded,
-}
-
-/// Which kernel hooks the eBPF source attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EbpfHooks {
-    /// fentry on the kernel's fsnotify calls where the kernel allows it, else syscall
-    /// tracepoints (the default).
-    Auto,
-    /// Only the fsnotify fentry hooks; fail if the kernel refuses them.
-    Fsnotify,
-    /// Only syscall tracepoints, even where fentry would load.
-    Tracepoints,
-}
-
-impl std::str::FromStr for EbpfHooks {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(EbpfHooks::Auto),
-            "fsnotify" => Ok(EbpfHooks::Fsnotify),
-            "tracepoints" => Ok(EbpfHooks::Tracepoints),
-            other => Err(format!(
-                "unknown eBPF hooks {other:?} (expected auto, fsnotify or tracepoints)"
-            )),
-        }
-    }
-}
-
-/// How rsync is run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RsyncOptions {
-    /// The rsync binary.
-    pub program: PathBuf,
-    /// Extra arguments appended to every call (e.g. `-H`, `-A`, `-X`, `--bwlimit=...`).
-    pub extra_args: Vec<String>,
-    /// Most paths in one rsync call.
-    pub batch_max: usize,
-    /// rsync's I/O `--timeout` in seconds.
-    pub io_timeout_s: u32,
+/// A configuration or command-line problem: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {msg}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{flag}: {msg}")]
+    Invalid { flag: &'static str, msg: String },
 }
 
 /// Everything `syncer run` and `syncer sync` need, validated.
@@ -99,6 +41,8 @@ pub struct Config {
     /// rsync processes per target running at once.
     pub shards: usize,
     pub rsync: RsyncOptions,
+    /// Most paths in one rsync call.
+    pub batch_max: usize,
     pub fanotify_queue: QueueMode,
     pub ebpf_hooks: EbpfHooks,
     /// Size of the eBPF source's ring buffer in bytes (a power of two, at least one page).
@@ -177,71 +121,32 @@ impl Settings {
 
     /// Validates and resolves the settings into a [`Config`].
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let source = self.source.ok_or(ConfigError::Invalid {
-            flag: "--source",
-            msg: "no source directory given (use --source DIR or `source` in the config)".into(),
-        })?;
-        let source = std::fs::canonicalize(&source).map_err(|e| ConfigError::Invalid {
-            flag: "--source",
-            msg: format!("{}: {e}", source.display()),
-        })?;
-        if !source.is_dir() {
-            return Err(ConfigError::Invalid {
-                flag: "--source",
-                msg: format!("{} is not a directory", source.display()),
-            });
-        }
-        let texts = self.targets.unwrap_or_default();
-        if texts.is_empty() {
-            return Err(ConfigError::Invalid {
-                flag: "--target",
-                msg: "at least one target is needed".into(),
-            });
-        }
-        let mut targets = Vec::with_capacity(texts.len());
-        for text in &texts {
-            let target = Target::parse(text, self.password_file.as_deref())?;
-            if let TargetKind::Local(dir) = &target.kind {
-                check_local_target(&source, dir)?;
-            }
-            targets.push(target);
-        }
-        if let Some(pw) = &self.password_file {
-            if !pw.is_file() {
-                return Err(ConfigError::Invalid {
-                    flag: "--password-file",
-                    msg: format!("{} is not a readable file", pw.display()),
-                });
-            }
-        }
+        let source = valid_source(self.source.as_deref())?;
+        let targets = valid_targets(
+            &source,
+            self.targets.as_deref().unwrap_or_default(),
+            self.password_file.as_deref(),
+        )?;
+        let invalid = |flag, msg: String| Err(ConfigError::Invalid { flag, msg });
         let delay =
             Duration::from_millis(self.delay_ms.unwrap_or(DEFAULT_DELAY.as_millis() as u64));
         if delay > Duration::from_secs(3600) {
-            return Err(ConfigError::Invalid {
-                flag: "--delay",
-                msg: "more than an hour; give milliseconds".into(),
-            });
+            return invalid("--delay", "more than an hour; give milliseconds".into());
         }
         let shards = self.shards.unwrap_or_else(default_shards);
         if shards == 0 || shards > 256 {
-            return Err(ConfigError::Invalid {
-                flag: "--shards",
-                msg: format!("{shards} is out of range 1..=256"),
-            });
+            return invalid("--shards", format!("{shards} is out of range 1..=256"));
         }
         let batch_max = self.batch_max.unwrap_or(2000);
         if batch_max == 0 {
-            return Err(ConfigError::Invalid {
-                flag: "batch_max",
-                msg: "must be at least 1".into(),
-            });
+            return invalid("batch_max", "must be at least 1".into());
         }
         let ring_kib = self.ebpf_ring_kib.unwrap_or(8192);
         if !(4..=1 << 20).contains(&ring_kib) || !ring_kib.is_power_of_two() {
-            return Err(ConfigError::Invalid {
-                flag: "ebpf_ring_kib",
-                msg: format!("{ring_kib} must be a power of two from 4 to 1048576"),
-            });
+            return invalid(
+                "ebpf_ring_kib",
+                format!("{ring_kib} must be a power of two from 4 to 1048576"),
+            );
         }
         Ok(Config {
             source,
@@ -253,15 +158,70 @@ impl Settings {
             rsync: RsyncOptions {
                 program: self.rsync_path.unwrap_or_else(|| PathBuf::from("rsync")),
                 extra_args: self.rsync_args.unwrap_or_default(),
-                batch_max,
                 io_timeout_s: 120,
             },
+            batch_max,
             fanotify_queue: self.fanotify_queue.unwrap_or(QueueMode::Unlimited),
             ebpf_hooks: self.ebpf_hooks.unwrap_or(EbpfHooks::Auto),
             ebpf_ring_bytes: ring_kib * 1024,
             drain_timeout: Duration::from_secs(self.drain_timeout_s.unwrap_or(60)),
         })
     }
+}
+
+/// The source directory, canonical.
+fn valid_source(source: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    let invalid = |msg| ConfigError::Invalid {
+        flag: "--source",
+        msg,
+    };
+    let source = source.ok_or_else(|| {
+        invalid("no source directory given (use --source DIR or `source` in the config)".into())
+    })?;
+    let canonical =
+        std::fs::canonicalize(source).map_err(|e| invalid(format!("{}: {e}", source.display())))?;
+    if !canonical.is_dir() {
+        return Err(invalid(format!(
+            "{} is not a directory",
+            canonical.display()
+        )));
+    }
+    Ok(canonical)
+}
+
+/// The targets, parsed; local ones must not overlap the source.
+fn valid_targets(
+    source: &Path,
+    texts: &[String],
+    password_file: Option<&Path>,
+) -> Result<Vec<Target>, ConfigError> {
+    if texts.is_empty() {
+        return Err(ConfigError::Invalid {
+            flag: "--target",
+            msg: "at least one target is needed".into(),
+        });
+    }
+    if let Some(pw) = password_file {
+        if !pw.is_file() {
+            return Err(ConfigError::Invalid {
+                flag: "--password-file",
+                msg: format!("{} is not a readable file", pw.display()),
+            });
+        }
+    }
+    texts
+        .iter()
+        .map(|text| {
+            let target = Target::parse(text, password_file).map_err(|e| ConfigError::Invalid {
+                flag: "--target",
+                msg: e.0,
+            })?;
+            if let TargetKind::Local(dir) = &target.kind {
+                check_local_target(source, dir)?;
+            }
+            Ok(target)
+        })
+        .collect()
 }
 
 /// rsync waits on the network far more than on the CPU, so a few processes per core pay off.

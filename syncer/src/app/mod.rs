@@ -1,0 +1,11 @@
+//! The commands and their lifecycle: [`run`] (the supervisor of the daemon), [`sync`] (one
+//! full parallel sync), [`check`] (what this kernel offers). Each builds the pipeline from a
+//! validated [`crate::config::Config`]; nothing below this layer sees the command line.
+
+pub mod check;
+pub mod error;
+mod pools;
+pub mod run;
+pub mod sync;
+
+pub use self::error::RunError;

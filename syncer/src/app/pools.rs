@@ -1,0 +1,141 @@
+//! The targets' transfer pools as one set the supervisor owns: one dedup map and one pool task
+//! per target, their counters, and the start-up pass's completion.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use super::RunError;
+use crate::config::Config;
+use crate::queue::DedupMap;
+use crate::shutdown::Shutdown;
+use crate::target::transport;
+use crate::transfer::{self, Pool, PoolConfig, PoolError, PoolReport, PoolStats};
+
+/// What a pool task ends with: its target's index and how it went.
+pub type PoolEnd = (usize, Result<PoolReport, PoolError>);
+
+pub struct Pools {
+    pub set: JoinSet<PoolEnd>,
+    pub stats: Vec<Arc<PoolStats>>,
+    pub maps: Vec<Arc<DedupMap>>,
+    names: Vec<String>,
+    initial: Vec<oneshot::Receiver<()>>,
+}
+
+/// One map per target, in the order of `cfg.targets`.
+pub fn new_maps(cfg: &Config) -> Vec<Arc<DedupMap>> {
+    cfg.targets
+        .iter()
+        .map(|_| Arc::new(DedupMap::new(cfg.delay)))
+        .collect()
+}
+
+impl Pools {
+    /// Starts one pool per target, each on its map (`maps[i]` belongs to `cfg.targets[i]`).
+    pub fn start(
+        cfg: &Config,
+        initial_sync: bool,
+        finish_pass_on_drain: bool,
+        shutdown: &Shutdown,
+        maps: Vec<Arc<DedupMap>>,
+    ) -> Pools {
+        let mut p = Pools {
+            set: JoinSet::new(),
+            stats: Vec::new(),
+            maps: Vec::new(),
+            names: Vec::new(),
+            initial: Vec::new(),
+        };
+        for (i, (target, map)) in cfg.targets.iter().zip(maps).enumerate() {
+            let stats = Arc::new(PoolStats::default());
+            let (tx, rx) = oneshot::channel();
+            let pool = Pool {
+                target: target.clone(),
+                transport: transport(&cfg.source, target, &cfg.rsync),
+                map: map.clone(),
+                cfg: PoolConfig {
+                    source: cfg.source.clone(),
+                    shards: cfg.shards,
+                    batch_max: cfg.batch_max,
+                    drain_timeout: cfg.drain_timeout,
+                    initial_sync,
+                    finish_pass_on_drain,
+                },
+                stats: stats.clone(),
+                initial_done: Some(tx),
+            };
+            let shutdown = shutdown.clone();
+            p.set
+                .spawn(async move { (i, transfer::run(pool, shutdown).await) });
+            p.initial.push(rx);
+            p.stats.push(stats);
+            p.maps.push(map);
+            p.names.push(target.display.clone());
+        }
+        p
+    }
+
+    /// Resolves once every pool's start-up pass is done (or its pool is gone).
+    pub fn initial_done(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rxs = std::mem::take(&mut self.initial);
+        async move {
+            for rx in rxs {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        self.names.get(i).map_or("?", String::as_str)
+    }
+
+    /// The error of a pool that ended: its target named.
+    pub fn failure(&self, ended: Result<PoolEnd, tokio::task::JoinError>) -> Option<RunError> {
+        match ended {
+            Ok((_, Ok(_))) => None,
+            Ok((i, Err(e))) => Some(RunError::PoolFailed {
+                target: self.name(i).to_string(),
+                why: e.to_string(),
+            }),
+            Err(e) => Some(RunError::PoolFailed {
+                target: "(unknown)".into(),
+                why: format!("its task ended: {e}"),
+            }),
+        }
+    }
+
+    /// Waits for every pool to finish its drain; the first failure, else the changes left.
+    pub async fn finish(mut self) -> Result<(), RunError> {
+        let mut undrained = 0;
+        let mut failed = None;
+        while let Some(ended) = self.set.join_next().await {
+            if let Ok((_, Ok(report))) = &ended {
+                undrained += report.undrained;
+            }
+            if let Some(e) = self.failure(ended) {
+                tracing::error!("{e}");
+                failed.get_or_insert(e);
+            }
+        }
+        for (t, s) in self.stats.iter().enumerate() {
+            info!(
+                target = self.name(t),
+                batches = s.batches.load(Ordering::Relaxed),
+                paths = s.paths_done.load(Ordering::Relaxed),
+                rsync_spawned = s.rsync_spawned.load(Ordering::Relaxed),
+                failed_batches = s.failed_batches.load(Ordering::Relaxed),
+                dropped = s.dropped_vanished.load(Ordering::Relaxed),
+                "pool finished"
+            );
+        }
+        match (failed, undrained) {
+            (Some(e), _) => Err(e),
+            (None, 0) => Ok(()),
+            (None, n) => Err(RunError::Undrained(n)),
+        }
+    }
+}

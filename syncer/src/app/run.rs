@@ -1,0 +1,211 @@
+//! `syncer run`, the supervisor: builds one dedup map per target, starts the event source
+//! (after the maps, so nothing is missed) and the pools (after the source is live, so changes
+//! made during the start-up pass are queued behind it), then watches all of them.
+//!
+//! - SIGTERM/SIGINT: the source stops, then the pools drain (delays ignored) until their maps
+//!   are empty or nothing succeeded for `drain_timeout_s`; exit 0, or 1 naming what is left.
+//! - The source's thread dies (a panic): it is said loudly, and the source is opened again
+//!   with a rescan of the whole tree (the queued changes of every target stay where they are),
+//!   at most [`RESTARTS`] times in [`RESTART_WINDOW`]; beyond that syncer drains and exits 1,
+//!   for the service manager's restart policy to take over.
+//! - A pool fails (a shard died): said with its target, the others drain, exit 1.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::pools::{new_maps, Pools};
+use super::RunError;
+use crate::change::{Change, ChangeSink};
+use crate::config::Config;
+use crate::queue::Fanout;
+use crate::shutdown::Shutdown;
+use crate::source::{self, SourceConfig, SourceExit, SourceHandle};
+
+/// Restarts of a dying source allowed within [`RESTART_WINDOW`].
+pub const RESTARTS: usize = 3;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+/// When the source died lately; decides whether it may be restarted once more.
+#[derive(Debug, Default)]
+pub struct RestartBudget {
+    deaths: Vec<Instant>,
+}
+
+impl RestartBudget {
+    /// Records a death at `now`; whether a restart is allowed.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.deaths
+            .retain(|&t| now.duration_since(t) < RESTART_WINDOW);
+        self.deaths.push(now);
+        self.deaths.len() <= RESTARTS
+    }
+
+    pub fn deaths(&self) -> usize {
+        self.deaths.len()
+    }
+}
+
+/// `syncer run`: replicate until SIGTERM/SIGINT, then drain and return.
+pub async fn run(cfg: Config) -> Result<(), RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| RunError::io("install SIGTERM handler", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| RunError::io("install SIGINT handler", e))?;
+
+    let shutdown = Shutdown::new();
+    let maps = new_maps(&cfg);
+    let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps.clone()));
+    let scfg = SourceConfig {
+        root: cfg.source.clone(),
+        queue: cfg.fanotify_queue,
+        ebpf_hooks: cfg.ebpf_hooks,
+        ebpf_ring_bytes: cfg.ebpf_ring_bytes,
+    };
+    let mut src = Some(source::start(
+        cfg.source_kind,
+        &scfg,
+        sink.clone(),
+        &shutdown,
+    )?);
+    let started = Instant::now();
+    let mut pools = Pools::start(&cfg, cfg.initial_sync, false, &shutdown, maps);
+    let mut initial = Box::pin(pools.initial_done());
+    let mut initial_reported = !cfg.initial_sync;
+    if !cfg.initial_sync {
+        info!("initial sync finished (skipped: --no-initial-sync)");
+    }
+    let mut budget = RestartBudget::default();
+    let mut fatal = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { info!("SIGINT: draining"); break; }
+            _ = &mut initial, if !initial_reported => {
+                initial_reported = true;
+                info!(ms = started.elapsed().as_millis() as u64, "initial sync finished");
+            }
+            _ = exited(&mut src) => {
+                let dead = src.take().expect("exited() only resolves with a source");
+                match restart_source(dead, &mut budget, &cfg, &scfg, &sink, &shutdown) {
+                    Ok(new) => src = Some(new),
+                    Err(e) => {
+                        fatal = Some(e);
+                        break;
+                    }
+                }
+            }
+            Some(ended) = pools.set.join_next() => {
+                // A pool ends only on shutdown; one ending now failed.
+                let e = pools.failure(ended).unwrap_or_else(|| RunError::PoolFailed {
+                    target: "(unknown)".into(),
+                    why: "it returned before shutdown".into(),
+                });
+                error!("{e}; draining the other targets and exiting");
+                fatal = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(src) = src {
+        stop_source(src);
+    }
+    shutdown.trigger();
+    let drained = pools.finish().await;
+    match fatal {
+        Some(e) => Err(e),
+        None => drained,
+    }
+}
+
+async fn exited(src: &mut Option<SourceHandle>) {
+    match src.as_mut() {
+        Some(s) => s.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The source's thread ended on its own: open it again with a rescan, within the budget; or
+/// the error to exit with.
+fn restart_source(
+    src: SourceHandle,
+    budget: &mut RestartBudget,
+    cfg: &Config,
+    scfg: &SourceConfig,
+    sink: &Arc<dyn ChangeSink>,
+    shutdown: &Shutdown,
+) -> Result<SourceHandle, RunError> {
+    let picked = src.picked;
+    let stats = src.stats.clone();
+    let why = match src.stop() {
+        SourceExit::Died(why) => why,
+        SourceExit::Stopped => "its thread stopped without being asked".to_string(),
+    };
+    error!(source = %picked, events = stats.events.load(Ordering::Relaxed), "the event source died: {why}");
+    let allowed = budget.allow(Instant::now());
+    let died = RunError::SourceDied {
+        source_kind: picked.to_string(),
+        times: budget.deaths(),
+        window_min: RESTART_WINDOW.as_secs() / 60,
+        why,
+    };
+    if !allowed {
+        error!("{died}: draining and exiting");
+        return Err(died);
+    }
+    match source::start(cfg.source_kind, scfg, sink.clone(), shutdown) {
+        Ok(new) => {
+            warn!(source = %new.picked, "event source restarted; rescanning the whole tree for what happened meanwhile");
+            sink.push(&[Change::rescan("")]);
+            Ok(new)
+        }
+        Err(e) => {
+            error!("the event source cannot be opened again: {e}");
+            Err(died)
+        }
+    }
+}
+
+fn stop_source(src: SourceHandle) {
+    let stats = src.stats.clone();
+    // The reader notices the signal within one poll (200 ms).
+    let exit = src.stop();
+    info!(
+        events = stats.events.load(Ordering::Relaxed),
+        rescans = stats.rescans.load(Ordering::Relaxed),
+        stale = stats.stale.load(Ordering::Relaxed),
+        lost = stats.lost.load(Ordering::Relaxed),
+        "event source stopped"
+    );
+    if let SourceExit::Died(why) = exit {
+        warn!("the event source had died while stopping: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_within_the_budget() {
+        let t0 = Instant::now();
+        let min = |m: u64| t0 + Duration::from_secs(60 * m);
+        // Deaths at these minutes, and whether each may restart.
+        #[rustfmt::skip]
+        let table: &[(&str, &[(u64, bool)])] = &[
+            ("one death", &[(0, true)]),
+            ("three quick deaths are allowed", &[(0, true), (1, true), (2, true)]),
+            ("the fourth within ten minutes is not", &[(0, true), (1, true), (2, true), (3, false)]),
+            ("old deaths are forgotten", &[(0, true), (1, true), (2, true), (12, true), (13, true)]),
+        ];
+        for (name, deaths) in table {
+            let mut b = RestartBudget::default();
+            for (i, &(at, want)) in deaths.iter().enumerate() {
+                assert_eq!(b.allow(min(at)), want, "{name}, death {i}");
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The command line (clap), parsed once into what the library runs on: a validated
+//! [`Config`] per command. Nothing outside `main.rs` and this file sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use syncer::config::{Config, ConfigError, Settings};
+use syncer::source::{EbpfHooks, SourceKind};
+
+/// What to do, with its settings validated.
+pub enum Command {
+    Run(Config),
+    Sync(Config),
+    Check(PathBuf),
+}
+
+/// Parses the command line (exiting with clap's message and code 2 on bad usage) and builds the
+/// command's config.
+pub fn parse() -> Result<Command, ConfigError> {
+    match Cli::parse().cmd {
+        Cmd::Check { path } => Ok(Command::Check(path)),
+        Cmd::Run(a) => {
+            let extra = Settings {
+                source_kind: a.source_kind,
+                ebpf_hooks: a.ebpf_hooks,
+                initial_sync: a.no_initial_sync.then_some(false),
+                delay_ms: a.delay,
+                ..Settings::default()
+            };
+            settings(a.common, extra).map(Command::Run)
+        }
+        Cmd::Sync(c) => settings(c, Settings::default()).map(Command::Sync),
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "syncer",
+    version,
+    about = "Real-time replication of large file trees with rsync"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Replicate SOURCE to every TARGET in real time, until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// One full parallel sync of SOURCE to every TARGET, then exit.
+    Sync(CommonArgs),
+    /// Print what this kernel offers for watching and which source `auto` picks.
+    Check {
+        /// A directory on the filesystem to probe (default: /).
+        #[arg(long, default_value = "/")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// The directory tree to replicate.
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// A local directory, rsync://[user@]host[:port]/module[/path], or [user@]host:path (ssh).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// A TOML config file; the command line overrides it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Password file for rsync daemon targets.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// rsync processes per target.
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Kernel event source: auto, fanotify, ebpf or inotify.
+    #[arg(long, value_parser = |s: &str| s.parse::<SourceKind>())]
+    source_kind: Option<SourceKind>,
+    /// Hooks of the eBPF source: auto (fsnotify fentry where the kernel allows it, else syscall
+    /// tracepoints), fsnotify or tracepoints.
+    #[arg(long, value_parser = |s: &str| s.parse::<EbpfHooks>())]
+    ebpf_hooks: Option<EbpfHooks>,
+    /// Skip the full sync at start-up.
+    #[arg(long)]
+    no_initial_sync: bool,
+    /// Coalescing delay in milliseconds.
+    #[arg(long)]
+    delay: Option<u64>,
+}
+
+fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> {
+    let file = match &common.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let cli = Settings {
+        source: common.source,
+        targets: (!common.targets.is_empty()).then_some(common.targets),
+        password_file: common.password_file,
+        shards: common.shards,
+        ..extra
+    };
+    cli.over(file).into_config()
+}

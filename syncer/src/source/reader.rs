@@ -1,0 +1,67 @@
+//! The one reader loop every source runs on its thread: poll the source's descriptor, read what
+//! is ready, hand the changes to the sink, until shutdown. A failed poll or read becomes a
+//! rescan of the whole tree; a panic in a source ends the loop with [`SourceExit::Died`] and
+//! its message, for the supervisor to act on.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::{Source, SourceExit, SourceStats};
+use crate::change::{Change, ChangeSink};
+use crate::shutdown::Shutdown;
+
+/// How long a poll waits before the loop looks at the shutdown signal again.
+const POLL_MS: i32 = 200;
+
+pub(super) fn run(
+    mut source: Box<dyn Source>,
+    sink: Arc<dyn ChangeSink>,
+    shutdown: &Shutdown,
+    stats: &SourceStats,
+) -> SourceExit {
+    let mut out = Vec::with_capacity(1024);
+    let body = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        while !shutdown.is_triggered() {
+            if let Err(e) = crate::source::fanotify::sys::poll_in(source.fd(), POLL_MS) {
+                warn!("poll of the event source failed: {e}; rescanning the whole tree");
+                rescan(&mut out, stats);
+                std::thread::sleep(Duration::from_millis(POLL_MS as u64));
+            }
+            // Tests make the source die for real here (`FAILPOINTS=source-read=...->panic`).
+            fail::fail_point!("source-read");
+            if let Err(e) = source.read(&mut out) {
+                warn!("reading the event source failed: {e}; rescanning the whole tree");
+                rescan(&mut out, stats);
+            }
+            if !out.is_empty() {
+                sink.push(&out);
+                out.clear();
+            }
+        }
+    }));
+    match body {
+        Ok(()) => {
+            debug!("event source stopped");
+            SourceExit::Stopped
+        }
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            // What was read before the panic still goes out.
+            sink.push(&out);
+            SourceExit::Died(why)
+        }
+    }
+}
+
+fn rescan(out: &mut Vec<Change>, stats: &SourceStats) {
+    stats.rescans.fetch_add(1, Ordering::Relaxed);
+    out.push(Change::rescan(""));
+}

@@ -1,0 +1,454 @@
+//! The dispatcher of one target: takes due entries from the map into the ready queues, builds
+//! batches no conflicting transfer holds back, sends the start-up pass's pieces between them,
+//! and settles each batch's outcome (forget, retry, pause the target).
+//!
+//! Ordering: an entry that overlaps a transfer in flight that started before the entry's latest
+//! event waits for it ([`super::guard`]); it is parked on the guard's node that blocks it and
+//! handed back when that node changes, so a completion costs what it releases, never a scan of
+//! what waits. Live work takes a shard first; the pass always keeps one piece in flight.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::batch::{self, Ready};
+use super::guard::{self, Guard, Seq};
+use super::health::{retry_backoff, Health};
+use super::passes::{entries_of, piece_of, PassState};
+use super::shard::BatchResult;
+use super::{Batch, Origin, PoolConfig, PoolError, PoolStats};
+use crate::queue::pass::{Piece, PieceSize};
+use crate::queue::{DedupMap, Op, Taken};
+use crate::target::{BatchKind, Outcome, Target};
+
+/// Entries per pass piece (see [`crate::queue::pass`]); at most `batch_max` directories.
+const PIECE_ENTRIES: u64 = 4096;
+
+pub struct Dispatcher {
+    pub(super) target: Target,
+    pub(super) map: Arc<DedupMap>,
+    batch_max: usize,
+    pub idle: Vec<usize>,
+    /// Taken from the map, waiting for a shard.
+    ready: Ready,
+    /// What is in flight where; entries waiting for a conflicting transfer are parked in it.
+    guard: Guard<Taken>,
+    next_seq: Seq,
+    /// Subtree transfers (tree, shallow) in flight, and when the last one ended.
+    trees_inflight: usize,
+    last_tree_end: Option<Instant>,
+    health: Health,
+    pub(super) pass: Option<PassState>,
+    pub(super) pass_gen: u64,
+    /// False once a shutdown has abandoned the pass: a rescan asked for then is left to the
+    /// next start, like the rest of the pass.
+    pub(super) passes_allowed: bool,
+    pub(super) piece_size: PieceSize,
+    pub initial_done: Option<oneshot::Sender<()>>,
+    stats: Arc<PoolStats>,
+    pub(super) source: PathBuf,
+    /// When a batch last succeeded.
+    pub last_progress: Instant,
+}
+
+impl Dispatcher {
+    pub fn new(
+        target: Target,
+        map: Arc<DedupMap>,
+        cfg: &PoolConfig,
+        stats: Arc<PoolStats>,
+        now: Instant,
+    ) -> Dispatcher {
+        Dispatcher {
+            target,
+            map,
+            batch_max: cfg.batch_max,
+            idle: (0..cfg.shards).rev().collect(),
+            ready: Ready::default(),
+            guard: Guard::default(),
+            next_seq: 0,
+            trees_inflight: 0,
+            last_tree_end: None,
+            health: Health::default(),
+            pass: None,
+            pass_gen: 0,
+            passes_allowed: true,
+            piece_size: PieceSize {
+                entries: PIECE_ENTRIES,
+                dirs: cfg.batch_max,
+            },
+            initial_done: None,
+            stats,
+            source: cfg.source.clone(),
+            last_progress: now,
+        }
+    }
+
+    /// Hands batches to idle shards while there is work that may go.
+    pub async fn dispatch(
+        &mut self,
+        now: Instant,
+        draining: bool,
+        shards: &[mpsc::Sender<Batch>],
+    ) -> Result<(), PoolError> {
+        if self.health.is_down(now) {
+            return Ok(());
+        }
+        while let Some(&shard) = self.idle.last() {
+            self.fill_ready(now, draining);
+            let Some(batch) = self.next_batch(now) else {
+                break;
+            };
+            self.idle.pop();
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            if shards[shard].send(batch).await.is_err() {
+                return Err(PoolError::ShardGone(shard));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves due entries from the map into the ready queues, dropping those that need no
+    /// transfer. A rescan of the whole tree becomes a pass.
+    fn fill_ready(&mut self, now: Instant, draining: bool) {
+        let want = self.batch_max.saturating_sub(self.ready.len());
+        if want == 0 {
+            return;
+        }
+        for t in self.map.take_due(now, want, draining) {
+            if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
+                // Overflow or lost events: compare the whole tree again, in pieces.
+                if self.passes_allowed {
+                    let initial = self.pass.as_ref().is_some_and(|p| p.initial);
+                    info!(target = %self.target, "rescanning the whole tree");
+                    self.start_pass(PathBuf::new(), initial, now);
+                } else {
+                    warn!(target = %self.target, "a rescan of the whole tree was asked for during shutdown: the next start compares the tree");
+                }
+                self.map.complete(&t.path, None);
+                continue;
+            }
+            let vanished = t.pending.vanished() && self.no_tree_since(t.pending.first);
+            // A path below a directory that was replaced by a file (or symlink) cannot exist,
+            // and rsync refuses it (ENOTDIR is not a missing argument); the ancestor's own
+            // transfer replaces the target's directory, children included.
+            if vanished || batch::below_a_non_directory(&self.source, &t.path) {
+                self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
+                self.map.complete(&t.path, None);
+                continue;
+            }
+            self.ready.push_back(t);
+        }
+    }
+
+    /// The next batch: live work first, but the pass always keeps one piece in flight.
+    fn next_batch(&mut self, now: Instant) -> Option<Batch> {
+        let pass_turn = self.pass.as_ref().is_some_and(PassState::idle);
+        if !pass_turn {
+            if let Some(b) = self.next_map_batch(now) {
+                return Some(b);
+            }
+        }
+        self.next_pass_batch(now)
+            .or_else(|| self.next_map_batch(now))
+    }
+
+    /// A batch from the ready queue that has waited longest: entries of one kind and retry
+    /// level, none of which overlaps a transfer in flight that started before its last event.
+    fn next_map_batch(&mut self, now: Instant) -> Option<Batch> {
+        loop {
+            let (kind, level) = self.ready.oldest()?;
+            let limit = batch::limit(kind, level, self.batch_max);
+            let mut entries = Vec::new();
+            while entries.len() < limit {
+                let Some(t) = self.ready.pop((kind, level)) else {
+                    break;
+                };
+                let blocker = self.guard.blocker(
+                    guard::key(&t.path),
+                    t.pending.last,
+                    batch::dir_level(&t.pending),
+                );
+                match blocker {
+                    Some(b) => {
+                        let (node, below) = (b.node.to_vec(), b.below);
+                        self.guard.wait(&node, below, t);
+                    }
+                    None => entries.push(t),
+                }
+            }
+            if !entries.is_empty() {
+                return Some(self.launch(kind, Origin::Map, entries, now));
+            }
+            // Everything in that queue waits: try the next one.
+        }
+    }
+
+    /// Marks a batch's entries in flight.
+    pub(super) fn launch(
+        &mut self,
+        kind: BatchKind,
+        origin: Origin,
+        entries: Vec<Taken>,
+        now: Instant,
+    ) -> Batch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        for t in &entries {
+            self.guard
+                .mark(guard::key(&t.path), seq, now, batch::reach(t.pending.op));
+            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
+                self.trees_inflight += 1;
+            }
+        }
+        Batch {
+            kind,
+            seq,
+            origin,
+            entries,
+        }
+    }
+
+    fn no_tree_since(&self, since: Instant) -> bool {
+        self.trees_inflight == 0 && self.last_tree_end.is_none_or(|end| end < since)
+    }
+
+    /// Ends what a batch held in flight; entries parked behind it go back to the ready queues.
+    fn land(&mut self, batch: &Batch, now: Instant) {
+        let mut released = Vec::new();
+        for t in &batch.entries {
+            self.guard
+                .unmark(guard::key(&t.path), batch.seq, &mut released);
+            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
+                self.trees_inflight -= 1;
+                self.last_tree_end = Some(now);
+            }
+        }
+        // Released in the order they were parked, each in front of its queue: reverse so the
+        // oldest ends up first.
+        for t in released.into_iter().rev() {
+            self.ready.push_front(t);
+        }
+    }
+
+    /// Settles a batch's outcome.
+    pub fn finish(&mut self, res: BatchResult) {
+        let now = Instant::now();
+        self.idle.push(res.shard);
+        self.land(&res.batch, now);
+        let n = res.batch.entries.len();
+        match res.outcome {
+            o if o.succeeded() => {
+                if self.health.succeeded() {
+                    info!(target = %self.target, "target back up");
+                }
+                self.last_progress = now;
+                self.stats.paths_done.fetch_add(n as u64, Ordering::Relaxed);
+                debug!(target = %self.target, kind = ?res.batch.kind, origin = ?res.batch.origin, paths = n, ms = res.elapsed.as_millis() as u64, "batch done");
+                if o == Outcome::Vanished {
+                    debug!(target = %self.target, "some files vanished during transfer: {}", res.stderr.trim());
+                }
+                match res.batch.origin {
+                    Origin::Map => {
+                        for t in &res.batch.entries {
+                            self.map.complete(&t.path, None);
+                        }
+                    }
+                    Origin::Pass { gen, .. } => {
+                        if let Some(p) = self.current_pass(gen) {
+                            p.landed(n);
+                        }
+                        self.check_pass_done(now);
+                    }
+                }
+            }
+            Outcome::TargetDown => {
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                let pause = self.health.failed(now);
+                warn!(target = %self.target, retry_in_ms = pause.as_millis() as u64, pending = self.map.len(),
+                      "target down: {}", res.reason());
+                self.requeue_down(res.batch, now);
+            }
+            outcome => {
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                let level = res.batch.entries.first().map_or(0, |t| t.pending.attempts) + 1;
+                let backoff = retry_backoff(level);
+                let msg = format!(
+                    "rsync {outcome:?} on a batch of {n} path(s), retrying in {}s: {}",
+                    backoff.as_secs(),
+                    res.stderr.trim()
+                );
+                if outcome == Outcome::Fatal {
+                    error!(target = %self.target, "{msg}");
+                } else {
+                    warn!(target = %self.target, "{msg}");
+                }
+                self.requeue_failed(res.batch, level, now + backoff);
+            }
+        }
+    }
+
+    /// A batch the target could not take: the same batch again once it is back.
+    fn requeue_down(&mut self, batch: Batch, now: Instant) {
+        match batch.origin {
+            Origin::Map => {
+                // A receiver killed mid-transfer can leave its temporary files behind; once the
+                // target is back, a shallow pass with --delete over each directory that had a
+                // file in flight removes them.
+                let mut dirs = std::collections::BTreeSet::new();
+                for t in batch.entries {
+                    if batch.kind == BatchKind::Plain {
+                        dirs.insert(t.path.parent().map(Path::to_path_buf).unwrap_or_default());
+                    }
+                    let mut p = t.pending;
+                    p.due = now;
+                    self.map.complete(&t.path, Some(p));
+                }
+                for dir in dirs {
+                    self.map
+                        .schedule(&dir, Op::Shallow, now + Duration::from_millis(1));
+                }
+            }
+            Origin::Pass { gen, level } => {
+                // Pieces are shallow passes with --delete: their retry removes leftovers too.
+                let piece = piece_of(&batch.entries);
+                if let Some(p) = self.current_pass(gen) {
+                    p.down(level, piece, now);
+                }
+            }
+        }
+    }
+
+    /// A batch that failed in part: its entries again after `due`, in smaller batches.
+    fn requeue_failed(&mut self, batch: Batch, level: u32, due: Instant) {
+        match batch.origin {
+            Origin::Map => {
+                for t in batch.entries {
+                    let mut p = t.pending;
+                    p.attempts = level;
+                    p.due = due;
+                    self.map.complete(&t.path, Some(p));
+                }
+            }
+            Origin::Pass { gen, .. } => {
+                let piece = piece_of(&batch.entries);
+                // A piece of a pass since replaced needs nothing: the newer pass covers it.
+                let Some(p) = self.current_pass(gen) else {
+                    return;
+                };
+                if let Some(dir) = p.failed(piece, level, due) {
+                    self.map.schedule(&dir, Op::Shallow, due);
+                }
+                self.check_pass_done(Instant::now());
+            }
+        }
+    }
+
+    /// The next piece of the pass (a due retry first), as a shallow batch.
+    pub(super) fn next_pass_batch(&mut self, now: Instant) -> Option<Batch> {
+        let p = self.pass.as_mut()?;
+        let (level, piece) = p.take(now)?;
+        let origin = Origin::Pass { gen: p.gen, level };
+        let entries = entries_of(piece, level, now);
+        Some(self.launch(BatchKind::Shallow, origin, entries, now))
+    }
+
+    pub(super) fn current_pass(&mut self, gen: u64) -> Option<&mut PassState> {
+        self.pass.as_mut().filter(|p| p.gen == gen)
+    }
+
+    /// Starts a pass over `rel` (replacing one under way: its pieces in flight finish, the rest
+    /// is walked again).
+    pub fn start_pass(&mut self, rel: PathBuf, initial: bool, now: Instant) {
+        self.pass_gen += 1;
+        let p = PassState::start(
+            self.source.clone(),
+            rel.clone(),
+            self.piece_size,
+            self.pass_gen,
+            initial,
+            now,
+        );
+        match p {
+            Ok(p) => self.pass = Some(p),
+            Err(e) => {
+                // Without a walker thread, one subtree transfer of the whole tree does it.
+                error!(target = %self.target, "cannot start the tree walk ({e}); comparing the tree in one transfer");
+                self.pass = None;
+                self.map.schedule(&rel, Op::Tree, now);
+                self.check_pass_done(now);
+            }
+        }
+    }
+
+    pub fn wants_piece(&self) -> bool {
+        self.pass.as_ref().is_some_and(PassState::wants_piece)
+    }
+
+    pub fn piece_arrived(&mut self, piece: Option<Piece>, now: Instant) {
+        if let Some(p) = self.pass.as_mut() {
+            p.arrived(piece);
+            self.check_pass_done(now);
+        }
+    }
+
+    /// Ends the pass once it is walked and every piece is on the target.
+    pub fn check_pass_done(&mut self, now: Instant) {
+        if !self.pass.as_ref().is_none_or(PassState::is_done) {
+            return;
+        }
+        if let Some(p) = self.pass.take() {
+            info!(
+                target = %self.target,
+                ms = now.duration_since(p.started).as_millis() as u64,
+                dirs = p.dirs_done,
+                failed_dirs = p.failed_dirs,
+                "{}", if p.initial { "start-up pass done" } else { "rescan done" }
+            );
+            if !p.initial {
+                return;
+            }
+        }
+        if let Some(tx) = self.initial_done.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shutdown while a pass is under way: its pieces in flight finish, the rest is left to the
+    /// next start.
+    pub fn abandon_pass(&mut self) {
+        self.passes_allowed = false;
+        if let Some(p) = self.pass.take() {
+            warn!(target = %self.target, dirs_done = p.dirs_done, dirs_walked = ?p.walked(),
+                  "shutdown during the {}: the rest is compared at the next start",
+                  if p.initial { "start-up pass" } else { "rescan" });
+        }
+    }
+
+    /// When the loop must look again, at the latest.
+    pub fn next_wake(&self, now: Instant, draining: bool, deadline: Option<Instant>) -> Instant {
+        let idle = Duration::from_secs(3600);
+        let mut wake = self.map.next_due().unwrap_or(now + idle);
+        if draining && !self.map.is_empty() {
+            wake = wake.min(now + Duration::from_millis(50));
+        }
+        if let Some(due) = self.pass.as_ref().and_then(PassState::next_retry) {
+            wake = wake.min(due);
+        }
+        let down = self.health.down_until(now);
+        if self.idle.is_empty() || down.is_some() {
+            // Nothing can be sent before a shard frees up (a result wakes us) or the target's
+            // pause ends.
+            wake = down.unwrap_or(now + idle);
+        }
+        // A deadline already past must not make the loop spin while a shard is still busy.
+        match deadline.filter(|&t| t > now) {
+            Some(t) => wake.min(t),
+            None => wake,
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The transfer pool of one target: a dispatcher and N shard tasks.
+//!
+//! The [`dispatcher`] takes due entries from the target's dedup map, groups them into batches
+//! ([`batch`]), holds back what would overlap a transfer in flight ([`guard`]) and hands each
+//! batch to an idle [`shard`] over a bounded channel; a shard runs one process at a time for
+//! its batch (the target's [`Transport`] says which) and sends the outcome back. The start-up
+//! pass's pieces ([`passes`]) go out between the live batches. [`health`] pauses a target that
+//! does not answer, with a growing backoff (other targets have their own pools and never wait
+//! for this one); a batch that fails in part comes back with a backoff in ever smaller batches,
+//! so that one bad path ends up alone.
+//!
+//! [`Transport`]: crate::target::Transport
+
+pub mod batch;
+pub mod dispatcher;
+pub mod guard;
+pub mod health;
+mod passes;
+mod shard;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::error;
+
+use self::dispatcher::Dispatcher;
+use self::guard::Seq;
+use self::shard::{shard_task, BatchResult, ShardCtx};
+use crate::queue::pass::Piece;
+use crate::queue::{DedupMap, Taken};
+use crate::shutdown::Shutdown;
+use crate::target::{BatchKind, Target, Transport};
+
+/// Counters of one target's pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub batches: AtomicU64,
+    pub paths_done: AtomicU64,
+    pub rsync_spawned: AtomicU64,
+    pub failed_batches: AtomicU64,
+    /// Entries dropped without a transfer: created and removed before any transfer could have
+    /// copied them, or below a directory that became a file.
+    pub dropped_vanished: AtomicU64,
+}
+
+/// How the pool runs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub source: PathBuf,
+    pub shards: usize,
+    /// Most paths in one batch.
+    pub batch_max: usize,
+    pub drain_timeout: Duration,
+    /// Run the start-up pass (compare the whole tree) first.
+    pub initial_sync: bool,
+    /// On shutdown, finish the start-up pass before returning (`syncer sync`); otherwise an
+    /// unfinished pass is abandoned (the next start runs it again) and only the changes seen
+    /// are drained.
+    pub finish_pass_on_drain: bool,
+}
+
+/// One target's pool, ready to run.
+pub struct Pool {
+    pub target: Target,
+    pub transport: Arc<dyn Transport>,
+    pub map: Arc<DedupMap>,
+    pub cfg: PoolConfig,
+    pub stats: Arc<PoolStats>,
+    /// Told once the start-up pass is done.
+    pub initial_done: Option<oneshot::Sender<()>>,
+}
+
+/// How a pool ended.
+#[derive(Debug)]
+pub struct PoolReport {
+    /// Paths still pending when the drain timeout ran out.
+    pub undrained: usize,
+}
+
+/// A pool that cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("shard {0} of the transfer pool is gone")]
+    ShardGone(usize),
+    #[error("shard {shard} of the transfer pool died: {why}")]
+    ShardDied { shard: usize, why: String },
+}
+
+/// Where a batch's entries came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Taken from the dedup map (the map holds them in flight).
+    Map,
+    /// A piece of pass `gen`, at retry `level`.
+    Pass { gen: u64, level: u32 },
+}
+
+/// What one process transfers.
+pub struct Batch {
+    kind: BatchKind,
+    seq: Seq,
+    origin: Origin,
+    entries: Vec<Taken>,
+}
+
+enum Event {
+    Result(BatchResult),
+    Piece(Option<Piece>),
+    ShardEnded(usize, String),
+    Wake,
+    Shutdown,
+}
+
+/// Runs the pool until `shutdown` fires and the map has drained (or the drain timeout ran
+/// out: no batch succeeded for that long). With `cfg.initial_sync`, the whole tree is compared
+/// first, in pieces.
+pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError> {
+    let Pool {
+        target,
+        transport,
+        map,
+        cfg,
+        stats,
+        initial_done,
+    } = pool;
+    let (shard_txs, mut result_rx, mut shards) = spawn_shards(&cfg, &transport, &stats);
+    let now = Instant::now();
+    let mut d = Dispatcher::new(target.clone(), map.clone(), &cfg, stats, now);
+    d.initial_done = initial_done;
+    if cfg.initial_sync {
+        d.start_pass(PathBuf::new(), true, now);
+    }
+    d.check_pass_done(now);
+
+    let mut draining = shutdown.is_triggered();
+    let mut drain_started: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if draining && drain_started.is_none() {
+            drain_started = Some(now);
+            if !cfg.finish_pass_on_drain {
+                d.abandon_pass();
+            }
+        }
+        // Shutdown gives up only after the drain made no progress for the whole timeout, so a
+        // long transfer still finishes while an unreachable target does not hold the exit.
+        let deadline = drain_started.map(|t| t.max(d.last_progress) + cfg.drain_timeout);
+        let past_deadline = deadline.is_some_and(|t| now >= t);
+        if !past_deadline {
+            d.dispatch(now, draining, &shard_txs).await?;
+        }
+        let busy = cfg.shards - d.idle.len();
+        let work_left = !map.is_empty() || d.pass.is_some();
+        if draining && (!work_left || past_deadline) && busy == 0 {
+            break;
+        }
+        let wake = d.next_wake(now, draining, deadline);
+        let wants_piece = d.wants_piece();
+        let event = tokio::select! {
+            Some(res) = result_rx.recv() => Event::Result(res),
+            piece = next_piece(&mut d.pass), if wants_piece => Event::Piece(piece),
+            Some(ended) = shards.join_next() => match ended {
+                Ok(shard) => Event::ShardEnded(shard, "it returned".into()),
+                Err(e) => Event::ShardEnded(usize::MAX, e.to_string()),
+            },
+            _ = map.changed() => Event::Wake,
+            _ = tokio::time::sleep_until(wake.into()) => Event::Wake,
+            _ = shutdown.wait(), if !draining => Event::Shutdown,
+        };
+        match event {
+            Event::Result(res) => d.finish(res),
+            Event::Piece(p) => d.piece_arrived(p, Instant::now()),
+            Event::ShardEnded(shard, why) => return Err(PoolError::ShardDied { shard, why }),
+            Event::Wake => {}
+            Event::Shutdown => draining = true,
+        }
+    }
+    drop(shard_txs);
+    while let Some(ended) = shards.join_next().await {
+        if let Err(e) = ended {
+            error!(target = %target, "a shard failed while stopping: {e}");
+        }
+    }
+    let undrained = map.len();
+    if undrained > 0 {
+        error!(target = %target, undrained, "shutdown: changes not replicated to this target (the next start's initial sync will pick them up)");
+    }
+    Ok(PoolReport { undrained })
+}
+
+/// The shard tasks: a channel into each, one channel back from all.
+fn spawn_shards(
+    cfg: &PoolConfig,
+    transport: &Arc<dyn Transport>,
+    stats: &Arc<PoolStats>,
+) -> (
+    Vec<mpsc::Sender<Batch>>,
+    mpsc::Receiver<BatchResult>,
+    JoinSet<usize>,
+) {
+    let (result_tx, result_rx) = mpsc::channel::<BatchResult>(cfg.shards);
+    let mut txs = Vec::with_capacity(cfg.shards);
+    let mut set = JoinSet::new();
+    for shard in 0..cfg.shards {
+        let (tx, rx) = mpsc::channel::<Batch>(1);
+        txs.push(tx);
+        let ctx = ShardCtx {
+            shard,
+            transport: transport.clone(),
+            results: result_tx.clone(),
+            stats: stats.clone(),
+        };
+        set.spawn(async move {
+            shard_task(ctx, rx).await;
+            shard
+        });
+    }
+    (txs, result_rx, set)
+}
+
+async fn next_piece(pass: &mut Option<passes::PassState>) -> Option<Piece> {
+    match pass.as_mut() {
+        Some(p) => p.next_from_walk().await,
+        None => std::future::pending().await,
+    }
+}

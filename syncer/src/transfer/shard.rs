@@ -1,0 +1,127 @@
+//! A shard: one task per rsync slot of a target, running one process at a time for the batches
+//! the dispatcher hands it, and sending each outcome back. [`run_invocation`] is the only place
+//! in syncer that spawns processes.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::{Batch, PoolStats};
+use crate::target::{Invocation, Outcome, Transport};
+
+/// What a shard says of a batch.
+pub struct BatchResult {
+    pub shard: usize,
+    pub batch: Batch,
+    pub outcome: Outcome,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl BatchResult {
+    /// The last line of the process's stderr: rsync's reason, for the log.
+    pub fn reason(&self) -> &str {
+        self.stderr
+            .trim()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(no message)")
+    }
+}
+
+pub struct ShardCtx {
+    pub shard: usize,
+    pub transport: Arc<dyn Transport>,
+    pub results: mpsc::Sender<BatchResult>,
+    pub stats: Arc<PoolStats>,
+}
+
+/// Runs batches until the dispatcher closes the channel.
+pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
+    while let Some(batch) = rx.recv().await {
+        let start = Instant::now();
+        let paths: Vec<&Path> = batch.entries.iter().map(|t| t.path.as_ref()).collect();
+        let inv = ctx.transport.sync(batch.kind, &paths);
+        drop(paths);
+        ctx.stats.rsync_spawned.fetch_add(1, Ordering::Relaxed);
+        let (code, stderr) = run_invocation(inv).await;
+        let outcome = match code {
+            Ok(code) => ctx.transport.outcome(code),
+            Err(()) => Outcome::Fatal,
+        };
+        let res = BatchResult {
+            shard: ctx.shard,
+            batch,
+            outcome,
+            stderr,
+            elapsed: start.elapsed(),
+        };
+        if ctx.results.send(res).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Most of a process's stderr kept for the log.
+const STDERR_KEEP: usize = 8192;
+
+/// Runs one invocation: its stdin written, its stderr kept (the end of it). Returns the exit
+/// code (`None`: killed by a signal), or `Err` when it could not be started, with the reason.
+async fn run_invocation(inv: Invocation) -> (Result<Option<i32>, ()>, String) {
+    let mut cmd = tokio::process::Command::new(&inv.program);
+    cmd.args(&inv.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                Err(()),
+                format!("cannot run {}: {e}", inv.program.display()),
+            )
+        }
+    };
+    let (Some(mut stdin), Some(mut stderr)) = (child.stdin.take(), child.stderr.take()) else {
+        return (Err(()), "the child's pipes were not set up".into());
+    };
+    let list = inv.stdin;
+    let writer = async move {
+        // The process may exit early (target down) and close the pipe: its exit code says so.
+        let _ = stdin.write_all(&list).await;
+        drop(stdin);
+    };
+    let reader = async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stderr.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > 2 * STDERR_KEEP {
+                        buf.drain(..buf.len() - STDERR_KEEP);
+                    }
+                }
+            }
+        }
+        buf
+    };
+    let (_, err) = tokio::join!(writer, reader);
+    let text = String::from_utf8_lossy(&err).into_owned();
+    match child.wait().await {
+        Ok(s) => (Ok(s.code()), text),
+        // Waiting failed: treated as a process killed by a signal (the target may be fine).
+        Err(e) => (
+            Ok(None),
+            format!("waiting for {}: {e}", inv.program.display()),
+        ),
+    }
+}
