@@ -1,6 +1,6 @@
 //! Scenario 14, the eBPF source's hooks and losses:
 //! - `ebpf_hooks_fall_back_cleanly`: whether this kernel allows fentry programs is probed here
-//!   with a bare `BPF_PROG_LOAD`, independently of syncer. Where it refuses them (this machine
+//!   with a bare `BPF_PROG_LOAD` (the library's probe), independently of the source's loading. Where it refuses them (this machine
 //!   kind), `--source-kind ebpf` must say so, fall back to syscall tracepoints and replicate;
 //!   `--ebpf-hooks fsnotify` must fail with a clear message; `auto` must pick fanotify; and
 //!   `syncer check` must report the same. Where fentry loads and can attach to fsnotify() (the
@@ -21,24 +21,10 @@ const LIVE_VFS: &str = "event source live: eBPF fexit on vfs_*";
 const VFS_LEVEL: &str = "(VFS level: sees every writer";
 const RECORDS_LOST: &str = "eBPF records lost";
 
-/// Whether the kernel accepts an fentry program (`BPF_PROG_TYPE_TRACING`): EPERM means the type
-/// itself is refused; any other error (there is no attach target here) means it is allowed.
+/// Whether the kernel accepts an fentry program (`BPF_PROG_TYPE_TRACING`): a bare
+/// `BPF_PROG_LOAD` of a trivial program, not the eBPF source's own loading of its hooks.
 fn fentry_allowed() -> bool {
-    let insns: [u64; 2] = [0xb7, 0x95]; // r0 = 0; exit
-    let license = b"GPL\0";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&26u32.to_ne_bytes()); // BPF_PROG_TYPE_TRACING
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[68..72].copy_from_slice(&24u32.to_ne_bytes()); // BPF_TRACE_FENTRY
-                                                        // SAFETY: attr is a valid bpf_attr prefix; the pointers it holds outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_mut_ptr(), attr.len() as u32) };
-    if fd >= 0 {
-        unsafe { libc::close(fd as i32) };
-        return true;
-    }
-    std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    syncer::source::ebpf::probe::fentry_allowed()
 }
 
 fn run_args(rig: &Rig, extra: &[&str]) -> Vec<std::ffi::OsString> {

@@ -32,3 +32,4 @@ mod relative;
 mod rename;
 mod samefs;
 mod shutdown;
+mod supervise;

@@ -50,7 +50,11 @@ fn sync_once_to_daemon_and_local() {
 
 #[test]
 fn check_reports_capabilities() {
-    let done = run_syncer(["check"], Duration::from_secs(60));
+    let Some(rig) = Rig::new() else { return };
+    let done = run_syncer(
+        ["check", "--path", rig.src.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
     assert_eq!(
         done.code(),
         Some(0),
@@ -58,11 +62,50 @@ fn check_reports_capabilities() {
         done.stdout,
         done.stderr
     );
-    let out = format!("{}{}", done.stdout, done.stderr).to_lowercase();
-    for word in ["fanotify", "inotify", "ebpf"] {
+    let out = &done.stdout;
+    let verdict = |name: &str| -> bool {
+        let line = out
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("`syncer check` has no {name:?} line:\n{out}"));
         assert!(
-            out.contains(word),
-            "`syncer check` does not mention {word}:\n{out}"
+            line.contains("[ok]") || line.contains("[--]"),
+            "no verdict: {line}"
         );
-    }
+        line.contains("[ok]")
+    };
+    // Root with a loop filesystem (the rig): a fanotify filesystem mark works, and inotify always.
+    assert!(verdict("fanotify filesystem mark"), "{out}");
+    verdict("eBPF source: fsnotify hooks");
+    verdict("eBPF source: syscall tracepoints");
+    // What check says auto picks is what the daemon picks on the same filesystem.
+    let auto = out
+        .lines()
+        .find_map(|l| l.strip_prefix("auto would use: "))
+        .unwrap_or_else(|| panic!("no `auto would use` line:\n{out}"));
+    let live = [
+        ("ebpf (VFS-level hooks)", "event source live: eBPF f"),
+        ("fanotify", "event source live: fanotify"),
+        (
+            "ebpf (syscall tracepoints)",
+            "event source live: eBPF syscall tracepoints",
+        ),
+        ("inotify", "event source live: inotify"),
+    ]
+    .into_iter()
+    .find(|(name, _)| auto.starts_with(&format!("{name} (")))
+    .unwrap_or_else(|| panic!("check picks an unknown source: {auto}"))
+    .1;
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["run".into(), "--source".into(), rig.src.clone().into()];
+    args.extend(rig.target_args());
+    args.extend(["--source-kind", "auto", "--delay", DELAY_MS].map(Into::into));
+    let mut syncer = Syncer::spawn(args);
+    syncer.wait_for_log(LIVE, MARKER_TIMEOUT);
+    assert!(
+        syncer.log_contains(live),
+        "check says auto uses {auto:?}, the daemon did not log {live:?}:\n{}",
+        syncer.log()
+    );
+    syncer.stop();
 }

@@ -1,0 +1,93 @@
+//! The supervisor, made to act for real: the event source's reader thread is killed by a
+//! panic (a failpoint in the reader loop of the real binary, built with the `failpoints`
+//! feature, which `cargo xtask test` turns on).
+//! - `source_death_restarts_with_a_rescan`: the source dies once while files are being
+//!   written; syncer must say so, open the source again, rescan, and converge: nothing written
+//!   around the death is lost.
+//! - `repeated_source_deaths_exit_1`: the source dies every time it is opened; after the
+//!   restart budget syncer must drain, exit 1 and name the source and the reason.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+const DIED: &str = "the event source died";
+const RESTARTED: &str = "event source restarted";
+
+/// Whether this build can inject the fault (else the test cannot run: skip, or fail under
+/// `SYNCER_E2E_REQUIRE=1`).
+fn failpoints() -> bool {
+    if cfg!(feature = "failpoints") {
+        return true;
+    }
+    let msg = "the syncer binary was built without the `failpoints` feature (use cargo xtask test)";
+    if std::env::var_os("SYNCER_E2E_REQUIRE").is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIP: {msg}");
+    false
+}
+
+fn spawn_with_failpoint(rig: &Rig, kind: SourceKind, failpoints: &str) -> Syncer {
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["run".into(), "--source".into(), rig.src.clone().into()];
+    args.extend(rig.target_args());
+    args.extend(kind.args().into_iter().map(Into::into));
+    args.extend(["--delay", DELAY_MS].map(Into::into));
+    let mut cmd = std::process::Command::new(syncer_bin());
+    cmd.args(args).env("FAILPOINTS", failpoints);
+    Syncer::spawn_command(cmd)
+}
+
+#[test]
+fn source_death_restarts_with_a_rescan() {
+    if !failpoints() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    make_tree(&rig.src.join("before"), &TreeSpec::new(300));
+    // The reader loop turns about 5 times a second when idle: the source dies a few seconds
+    // in, while the writer is busy, and the reopened source (a fresh count) stays up.
+    let mut syncer = spawn_with_failpoint(
+        &rig,
+        SourceKind::Fanotify,
+        "source-read=25*off->1*panic(killed by a failpoint)->off",
+    );
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    let writer = Writer::spawn(rig.src.join("during"), Duration::from_millis(5));
+    syncer.wait_for_log(RESTARTED, MARKER_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(500));
+    let written = writer.stop();
+    assert!(written > 0);
+    assert!(syncer.log_contains(DIED), "{}", syncer.log());
+    assert!(
+        syncer.log_contains("killed by a failpoint"),
+        "the reason is not in the log"
+    );
+    make_tree(&rig.src.join("after"), &TreeSpec::new(50));
+    rig.assert_converges(&mut syncer);
+    let log = syncer.stop();
+    assert!(
+        log.contains("rescanning the whole tree"),
+        "no rescan after the restart"
+    );
+}
+
+#[test]
+fn repeated_source_deaths_exit_1() {
+    if !failpoints() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    let syncer = spawn_with_failpoint(&rig, SourceKind::Inotify, "source-read=panic(always dying)");
+    let done = syncer.finish(EXIT_TIMEOUT);
+    assert_eq!(done.code(), Some(1), "{}", done.stderr);
+    for want in ["died 4 time(s)", "always dying", "inotify"] {
+        assert!(
+            done.stderr.contains(want),
+            "{want:?} missing from:\n{}",
+            done.stderr
+        );
+    }
+    assert_eq!(done.stderr.matches(RESTARTED).count(), 3, "{}", done.stderr);
+}
