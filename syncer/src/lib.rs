@@ -12,6 +12,7 @@ pub mod config;
 pub mod queue;
 pub mod shutdown;
 pub mod source;
+pub mod state;
 pub mod target;
 pub mod transfer;
 

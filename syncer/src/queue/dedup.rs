@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::rules::{merge_retry, next_state, Op, Pending};
+use super::{Journal, JournalEntry};
 use crate::change::Change;
 
 #[derive(Debug)]
@@ -66,6 +67,7 @@ pub struct DedupMap {
     /// In-flight transfers that cover their subtree.
     covering_inflight: AtomicUsize,
     wake: tokio::sync::Notify,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl DedupMap {
@@ -80,6 +82,21 @@ impl DedupMap {
             covering: AtomicUsize::new(0),
             covering_inflight: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
+            journal: None,
+        }
+    }
+
+    /// The same, recording what is pending in `journal`.
+    pub fn with_journal(delay: Duration, journal: Arc<dyn Journal>) -> DedupMap {
+        DedupMap {
+            journal: Some(journal),
+            ..DedupMap::new(delay)
+        }
+    }
+
+    fn journal(&self, entries: &[JournalEntry<'_>]) {
+        if let (Some(j), false) = (&self.journal, entries.is_empty()) {
+            j.record(entries);
         }
     }
 
@@ -97,14 +114,26 @@ impl DedupMap {
             return;
         }
         let mut timers = self.timers();
+        let mut changed = Vec::new();
         for c in changes {
-            self.insert_one(c, now, &mut timers);
+            if let Some(state) = self.insert_one(c, now, &mut timers) {
+                if self.journal.is_some() {
+                    changed.push((c.path.as_path(), Some(state)));
+                }
+            }
         }
         drop(timers);
+        self.journal(&changed);
         self.wake.notify_one();
     }
 
-    fn insert_one(&self, c: &Change, now: Instant, timers: &mut BinaryHeap<Timer>) {
+    /// Applies one change; returns the path's new (op, is_dir) if it differs from before.
+    fn insert_one(
+        &self,
+        c: &Change,
+        now: Instant,
+        timers: &mut BinaryHeap<Timer>,
+    ) -> Option<(Op, bool)> {
         let mut slot = match self.slots.get_mut(c.path.as_path()) {
             Some(slot) => slot,
             None => self
@@ -116,6 +145,7 @@ impl DedupMap {
         let inflight = slot.inflight;
         let cur = slot.pending.as_ref().map(|p| (p.op, p.born));
         let (op, born) = next_state(cur, c.kind, c.is_dir, inflight);
+        let before = slot.pending.as_ref().map(|p| (p.op, p.is_dir));
         let pending = match slot.pending.take() {
             Some(mut p) => {
                 self.uncount(&p);
@@ -143,7 +173,9 @@ impl DedupMap {
             }
         };
         self.count(&pending);
+        let after = (pending.op, pending.is_dir);
         slot.pending = Some(pending);
+        (before != Some(after)).then_some(after)
     }
 
     /// Schedules `op` on `path` directly (the rescan planner's `Tree` and `Shallow` requests),
@@ -177,9 +209,11 @@ impl DedupMap {
             timers.push(Reverse((merged.due, key)));
         }
         self.count(&merged);
+        let state = (merged.op, merged.is_dir);
         slot.pending = Some(merged);
         drop(slot);
         drop(timers);
+        self.journal(&[(path, Some(state))]);
         self.wake.notify_one();
     }
 
@@ -200,6 +234,7 @@ impl DedupMap {
     /// covers them are dropped here.
     pub fn take_due(&self, now: Instant, max: usize, drain: bool) -> Vec<Taken> {
         let mut out = Vec::new();
+        let mut covered_done: Vec<Arc<Path>> = Vec::new();
         let mut timers = self.timers();
         let mut later = Vec::new();
         while out.len() < max {
@@ -234,9 +269,12 @@ impl DedupMap {
             let p = slot.pending.take().expect("checked above");
             self.uncount(&p);
             if covered {
+                // The ancestor's transfer (pending or in flight, and journaled until it
+                // succeeds) covers this path.
                 drop(slot);
                 self.slots
                     .remove_if(&path, |_, s| s.pending.is_none() && !s.inflight);
+                covered_done.push(path.clone());
                 continue;
             }
             slot.inflight = true;
@@ -250,6 +288,12 @@ impl DedupMap {
             });
         }
         timers.extend(later);
+        drop(timers);
+        if !covered_done.is_empty() {
+            let entries: Vec<JournalEntry<'_>> =
+                covered_done.iter().map(|p| (p.as_ref(), None)).collect();
+            self.journal(&entries);
+        }
         out
     }
 
@@ -280,6 +324,7 @@ impl DedupMap {
         if slot.covering_since.take().is_some() {
             self.covering_inflight.fetch_sub(1, Ordering::Relaxed);
         }
+        let mut retried = None;
         if let Some(failed) = retry {
             let newer = slot.pending.take();
             if let Some(n) = &newer {
@@ -287,6 +332,7 @@ impl DedupMap {
             }
             let merged = merge_retry(&failed, newer);
             self.count(&merged);
+            retried = Some((merged.op, merged.is_dir));
             slot.pending = Some(merged);
         }
         match &slot.pending {
@@ -294,12 +340,17 @@ impl DedupMap {
                 timers.push(Reverse((p.due, slot.key().clone())));
                 drop(slot);
                 drop(timers);
+                if retried.is_some() {
+                    self.journal(&[(path, retried)]);
+                }
                 self.wake.notify_one();
             }
             None => {
                 drop(slot);
                 self.slots
                     .remove_if(path, |_, s| s.pending.is_none() && !s.inflight);
+                drop(timers);
+                self.journal(&[(path, None)]);
             }
         }
     }

@@ -13,6 +13,17 @@ use crate::change::{Change, ChangeSink};
 pub use self::dedup::{DedupMap, Taken};
 pub use self::rules::{Op, Pending};
 
+/// What a map tells its journal: `path` is pending with this op (and is a directory or not),
+/// or (`None`) no longer pending because a transfer covering it succeeded.
+pub type JournalEntry<'a> = (&'a std::path::Path, Option<(Op, bool)>);
+
+/// Where a map records what is pending, so that a restart finds it again
+/// (`crate::state` keeps it on disk). Called with every insert, retry and completion; must not
+/// block for long (it runs on the source's reader thread).
+pub trait Journal: Send + Sync {
+    fn record(&self, entries: &[JournalEntry<'_>]);
+}
+
 /// The sink sources deliver to: every target's map, each change stamped once.
 pub struct Fanout {
     maps: Vec<Arc<DedupMap>>,

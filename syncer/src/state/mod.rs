@@ -1,0 +1,389 @@
+//! Durable state: what survives a restart, a crash or a power loss.
+//!
+//! One state directory per source (`--state-dir`, default `/var/lib/syncer`), locked by the
+//! running syncer, holding one fjall database (an LSM store with a write-ahead journal,
+//! atomic batches and range scans) with, per target:
+//! - the **journal** of pending paths (`queue::Journal`): written as the map takes changes
+//!   in, removed when a transfer covering the path succeeded;
+//! - the **index**: what the target is known to hold, one [`meta::Meta`] per entry, taken from
+//!   the source before the transfer that copied it and written when that transfer succeeded;
+//! - whether the index is **complete** (a full pass or a catch-up walk ended since it was
+//!   started), and failures.
+//!
+//! Every write reaches the operating system at once (a kill -9 loses nothing); a thread makes
+//! them durable every [`SYNC_EVERY`] (a power loss loses at most that much, which the next
+//! start's walk repairs: see ARCHITECTURE.md). A value that fails its checksum, or a database
+//! that cannot be opened, is never trusted: the state is set aside and rebuilt by a full pass.
+
+pub mod meta;
+pub mod stat;
+mod target;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tracing::{debug, warn};
+
+pub use self::target::{IndexUpdate, TargetState};
+
+/// How often writes are made durable (the group commit).
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+
+/// The identity record's version; a state written by another layout is not read.
+const SCHEMA: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot use the state directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the state directory {dir} is in use by another syncer (pid in {dir}/lock: {holder}); give each syncer its own --state-dir")]
+    Locked { dir: PathBuf, holder: String },
+    #[error("the state directory {dir} belongs to source {recorded}, not to {source_dir}; give this source its own --state-dir, or pass --full-resync to start this one over")]
+    OtherSource {
+        dir: PathBuf,
+        recorded: String,
+        source_dir: String,
+    },
+    #[error("the state in {dir} is damaged: {why}")]
+    Damaged { dir: PathBuf, why: String },
+}
+
+/// The open state of one source.
+pub struct State {
+    dir: PathBuf,
+    db: Database,
+    meta: Keyspace,
+    /// Writes since the last sync, for the group commit.
+    writes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+    _lock: File,
+}
+
+/// What identifies a source: its path and its filesystem's id (so that a directory replaced by
+/// another filesystem, or restored from elsewhere, does not inherit an index).
+fn identity(source: &Path) -> std::io::Result<String> {
+    let st = nix::sys::statfs::statfs(source).map_err(std::io::Error::from)?;
+    // SAFETY: fsid_t is `struct { int __val[2]; }` (its fields are private in the libc crate).
+    let fsid: [i32; 2] = unsafe { std::mem::transmute(st.filesystem_id()) };
+    Ok(format!(
+        "schema={SCHEMA} source={} fsid={:08x}{:08x}",
+        source.display(),
+        fsid[0],
+        fsid[1]
+    ))
+}
+
+impl State {
+    /// Opens (creating if needed) the state of `source` in `dir`. `fresh`: start over
+    /// (`--full-resync`), discarding what is there.
+    pub fn open(dir: &Path, source: &Path, fresh: bool) -> Result<State, StateError> {
+        let io = |source| StateError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock(dir)?;
+        let id = identity(source).map_err(io)?;
+        let db_dir = dir.join("db");
+        if fresh && db_dir.exists() {
+            std::fs::remove_dir_all(&db_dir).map_err(io)?;
+        }
+        let db = open_db(&db_dir, dir)?;
+        let meta = keyspace(&db, "meta", dir)?;
+        match meta.get("identity") {
+            Ok(Some(v)) if *v == *id.as_bytes() => {}
+            Ok(Some(v)) => {
+                let recorded = String::from_utf8_lossy(&v).into_owned();
+                return Err(StateError::OtherSource {
+                    dir: dir.to_path_buf(),
+                    recorded,
+                    source_dir: id,
+                });
+            }
+            Ok(None) => meta
+                .insert("identity", id.as_bytes())
+                .map_err(|e| damaged(dir, e))?,
+            Err(e) => return Err(damaged(dir, e)),
+        }
+        let writes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let syncer = {
+            let (db, writes, stop) = (db.clone(), writes.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("state-sync".into())
+                .spawn(move || group_commit(&db, &writes, &stop))
+                .map_err(io)?
+        };
+        Ok(State {
+            dir: dir.to_path_buf(),
+            db,
+            meta,
+            writes,
+            stop,
+            syncer: Some(syncer),
+            _lock: lock,
+        })
+    }
+
+    /// Moves a damaged state aside (kept for inspection) so that a fresh one can be opened.
+    pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = dir.join(format!("db.damaged-{stamp}"));
+        std::fs::rename(dir.join("db"), &aside)?;
+        Ok(aside)
+    }
+
+    /// The state of one target (its keyspaces are made on first use).
+    pub fn target(&self, name: &str) -> Result<Arc<TargetState>, StateError> {
+        let id = format!("{:08x}", crc32fast::hash(name.as_bytes()));
+        let ks = |kind: &str| keyspace(&self.db, &format!("{kind}-{id}"), &self.dir);
+        Ok(Arc::new(TargetState {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            index: ks("index")?,
+            journal: ks("journal")?,
+            meta: self.meta.clone(),
+            complete_key: format!("complete-{id}"),
+            writes: self.writes.clone(),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+            warn!("the state could not be synced at exit: {e}");
+        }
+    }
+}
+
+fn damaged(dir: &Path, e: impl std::fmt::Display) -> StateError {
+    StateError::Damaged {
+        dir: dir.to_path_buf(),
+        why: e.to_string(),
+    }
+}
+
+fn open_db(db_dir: &Path, dir: &Path) -> Result<Database, StateError> {
+    // A panic inside the store on a damaged file is a damaged state too, not a crash.
+    let opened = std::panic::catch_unwind(|| Database::builder(db_dir).open());
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(damaged(dir, e)),
+        Err(_) => Err(damaged(dir, "the store panicked while opening it")),
+    }
+}
+
+fn keyspace(db: &Database, name: &str, dir: &Path) -> Result<Keyspace, StateError> {
+    db.keyspace(name, KeyspaceCreateOptions::default)
+        .map_err(|e| damaged(dir, e))
+}
+
+/// Takes the state directory's lock (`flock` on `lock`, which holds the holder's pid).
+fn lock(dir: &Path) -> Result<File, StateError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| StateError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        return Err(StateError::Locked {
+            dir: dir.to_path_buf(),
+            holder: holder.trim().to_string(),
+        });
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+/// Makes the writes durable every [`SYNC_EVERY`] while there are any.
+fn group_commit(db: &Database, writes: &AtomicU64, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(SYNC_EVERY);
+        if writes.swap(0, Ordering::Relaxed) > 0 {
+            if let Err(e) = db.persist(PersistMode::SyncAll) {
+                warn!("syncing the state failed: {e}");
+            } else {
+                debug!("state synced");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::meta::{Kind, Meta};
+    use super::target::IndexUpdate;
+    use super::*;
+    use crate::queue::{Journal, Op};
+
+    fn file(ino: u64) -> Meta {
+        Meta {
+            kind: Kind::File,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            size: ino * 10,
+            mtime: (1, 2),
+            ctime: (3, 4),
+            ino,
+        }
+    }
+
+    fn dir_meta(ino: u64) -> Meta {
+        Meta {
+            kind: Kind::Dir,
+            mode: 0o40755,
+            ..file(ino)
+        }
+    }
+
+    fn names(v: &[(Vec<u8>, Meta)]) -> Vec<String> {
+        let mut n: Vec<String> = v
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn lock_identity_and_fresh_start() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, src, other) = (
+            t.path().join("state"),
+            t.path().join("src"),
+            t.path().join("other"),
+        );
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let s = State::open(&dir, &src, false).unwrap();
+        let again = State::open(&dir, &src, false);
+        assert!(
+            matches!(again, Err(StateError::Locked { .. })),
+            "a second syncer is refused"
+        );
+        drop(s);
+        let s = State::open(&dir, &src, false).unwrap();
+        s.target("t").unwrap().set_complete(true);
+        drop(s);
+        let msg = State::open(&dir, &other, false)
+            .err()
+            .expect("another source")
+            .to_string();
+        assert!(
+            msg.contains("belongs to source") && msg.contains("--full-resync"),
+            "{msg}"
+        );
+        let s = State::open(&dir, &other, true).expect("--full-resync starts over");
+        assert!(
+            !s.target("t").unwrap().is_complete(),
+            "nothing of the old state is kept"
+        );
+    }
+
+    #[test]
+    fn journal_and_index_survive_a_reopen() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, src) = (t.path().join("state"), t.path().to_path_buf());
+        {
+            let s = State::open(&dir, &src, false).unwrap();
+            let ts = s.target("rsync://h/m").unwrap();
+            ts.record(&[
+                (Path::new(""), Some((Op::Update, true))),
+                (Path::new("a/f"), Some((Op::Update, false))),
+                (Path::new("d"), Some((Op::Tree, true))),
+                (Path::new("gone"), Some((Op::Delete, false))),
+            ]);
+            ts.record(&[(Path::new("a/f"), None)]);
+            ts.apply(&[
+                IndexUpdate::Put("a".into(), dir_meta(1)),
+                IndexUpdate::Children(
+                    "a".into(),
+                    vec![(b"f".to_vec(), file(2)), (b"sub".to_vec(), dir_meta(3))],
+                ),
+                IndexUpdate::Put("a/sub/x".into(), file(4)),
+                IndexUpdate::Put("a/sub/deep/y".into(), file(5)),
+            ]);
+        }
+        let s = State::open(&dir, &src, false).unwrap();
+        let ts = s.target("rsync://h/m").unwrap();
+        let mut pending = ts.pending().unwrap();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        let shown: Vec<String> = pending
+            .iter()
+            .map(|(p, op, d)| format!("{}:{op:?}:{d}", p.display()))
+            .collect();
+        assert_eq!(shown, [":Update:true", "d:Tree:true", "gone:Delete:false"]);
+        assert_eq!(names(&ts.children(Path::new("a")).unwrap()), ["f", "sub"]);
+        assert_eq!(ts.get(Path::new("a/sub/x")).unwrap(), Some(file(4)));
+        // The directory's entries are now only f: sub goes, with everything below it.
+        ts.apply(&[IndexUpdate::Children(
+            "a".into(),
+            vec![(b"f".to_vec(), file(2))],
+        )]);
+        assert_eq!(names(&ts.children(Path::new("a")).unwrap()), ["f"]);
+        assert_eq!(ts.get(Path::new("a/sub/x")).unwrap(), None);
+        assert_eq!(ts.get(Path::new("a/sub/deep/y")).unwrap(), None);
+        assert_eq!(
+            ts.get(Path::new("a")).unwrap(),
+            Some(dir_meta(1)),
+            "the directory itself stays"
+        );
+        ts.apply(&[IndexUpdate::Remove("a".into())]);
+        assert!(ts.children(Path::new("a")).unwrap().is_empty());
+        assert_eq!(ts.get(Path::new("a")).unwrap(), None);
+        assert!(
+            s.target("another").unwrap().pending().unwrap().is_empty(),
+            "targets are apart"
+        );
+    }
+
+    #[test]
+    fn a_damaged_value_is_detected() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::open(&t.path().join("state"), t.path(), false).unwrap();
+        let ts = s.target("t").unwrap();
+        ts.apply(&[IndexUpdate::Put("f".into(), file(1))]);
+        let k = super::meta::key(Path::new("f"));
+        let mut v = ts.index.get(&k).unwrap().unwrap().to_vec();
+        v[3] ^= 1;
+        ts.index.insert(&k, v).unwrap();
+        let e = ts.get(Path::new("f")).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        assert!(ts.children(Path::new("")).is_err());
+    }
+}

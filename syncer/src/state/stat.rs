@@ -1,0 +1,168 @@
+//! Reading the source's metadata for the index: one entry (`lstat`), or a directory's entries
+//! (`getdents` and `fstatat` relative to the directory's descriptor, so no path is resolved
+//! twice), and the index updates a transfer will make true if it succeeds ([`prestat`]).
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use super::meta::Meta;
+use super::target::IndexUpdate;
+
+/// A directory's entries: names and metadata.
+pub type Entries = Vec<(Vec<u8>, Meta)>;
+
+/// How much of the tree at a path a transfer makes identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The entry itself.
+    Entry,
+    /// The directory and its immediate entries.
+    Children,
+    /// The whole subtree.
+    Subtree,
+}
+
+/// `lstat` of `root/rel`: `Ok(None)` when it does not exist (or a parent is no directory).
+pub fn lstat(root: &Path, rel: &Path) -> std::io::Result<Option<Meta>> {
+    match std::fs::symlink_metadata(root.join(rel)) {
+        Ok(m) => Ok(Some(Meta::from_metadata(&m))),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of directory `abs` with their metadata (entries that vanish while it is read
+/// are left out). `Ok(None)`: the directory does not exist.
+pub fn read_dir(abs: &Path) -> std::io::Result<Option<Entries>> {
+    let mut dir = match Dir::open(
+        abs,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let fd = dir.as_raw_fd();
+    let mut out = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let c = CString::new(name).expect("a name from getdents has no NUL");
+        // SAFETY: a zeroed stat is a valid out-parameter.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid directory descriptor, NUL-terminated name, out-pointer to a stat.
+        let r = unsafe { libc::fstatat(fd, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+        if r == 0 {
+            out.push((name.to_vec(), Meta::from_stat(&st)));
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The index updates that a successful transfer of `paths` (to `depth`) makes true, from the
+/// source as it is now, before the transfer reads it. Entries that cannot be read give no
+/// update (the transfer reports them).
+pub fn prestat(root: &Path, depth: Depth, paths: &[PathBuf]) -> Vec<IndexUpdate> {
+    let mut out = Vec::new();
+    for p in paths {
+        match lstat(root, p) {
+            Ok(None) => out.push(IndexUpdate::Remove(p.clone())),
+            Ok(Some(m)) => {
+                let is_dir = m.is_dir();
+                out.push(IndexUpdate::Put(p.clone(), m));
+                match depth {
+                    Depth::Children if is_dir => children(root, p, &mut out, false),
+                    Depth::Subtree if is_dir => children(root, p, &mut out, true),
+                    _ => {}
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn children(root: &Path, dir: &Path, out: &mut Vec<IndexUpdate>, deep: bool) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(Some(kids)) = read_dir(&root.join(&d)) else {
+            continue;
+        };
+        if deep {
+            for (name, m) in &kids {
+                if m.is_dir() {
+                    stack.push(d.join(OsStr::from_bytes(name)));
+                }
+            }
+        }
+        out.push(IndexUpdate::Children(d, kids));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prestat_by_depth() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("d/sub")).unwrap();
+        std::fs::write(r.join("d/f"), b"x").unwrap();
+        std::fs::write(r.join("d/sub/g"), b"y").unwrap();
+        std::os::unix::fs::symlink("nowhere", r.join("d/link")).unwrap();
+        let show = |u: &[IndexUpdate]| -> Vec<String> {
+            u.iter()
+                .map(|u| match u {
+                    IndexUpdate::Put(p, m) => format!("put {} {:?}", p.display(), m.kind),
+                    IndexUpdate::Remove(p) => format!("remove {}", p.display()),
+                    IndexUpdate::Children(p, k) => {
+                        let mut n: Vec<_> = k
+                            .iter()
+                            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+                            .collect();
+                        n.sort();
+                        format!("children {} [{}]", p.display(), n.join(" "))
+                    }
+                })
+                .collect()
+        };
+        let p = |s: &str| vec![PathBuf::from(s)];
+        assert_eq!(show(&prestat(r, Depth::Entry, &p("d/f"))), ["put d/f File"]);
+        assert_eq!(
+            show(&prestat(r, Depth::Entry, &p("d/gone"))),
+            ["remove d/gone"]
+        );
+        assert_eq!(
+            show(&prestat(r, Depth::Entry, &p("d/f/below"))),
+            ["remove d/f/below"]
+        );
+        assert_eq!(
+            show(&prestat(r, Depth::Entry, &p("d/link"))),
+            ["put d/link Symlink"]
+        );
+        assert_eq!(
+            show(&prestat(r, Depth::Children, &p("d"))),
+            ["put d Dir", "children d [f link sub]"]
+        );
+        assert_eq!(
+            show(&prestat(r, Depth::Subtree, &p("d"))),
+            ["put d Dir", "children d [f link sub]", "children d/sub [g]"]
+        );
+    }
+}
