@@ -75,6 +75,14 @@ struct CommonArgs {
     /// rsync processes per target.
     #[arg(long)]
     shards: Option<usize>,
+    /// Where the journal of pending changes and the index of each target live (one directory
+    /// per source; default /var/lib/syncer).
+    #[arg(long, env = "SYNCER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Forget the state: compare the whole tree against every target with rsync and rebuild
+    /// the index.
+    #[arg(long)]
+    full_resync: bool,
 }
 
 #[derive(Args)]
@@ -106,6 +114,8 @@ fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> 
         targets: (!common.targets.is_empty()).then_some(common.targets),
         password_file: common.password_file,
         shards: common.shards,
+        state_dir: common.state_dir,
+        full_resync: common.full_resync.then_some(true),
         ..extra
     };
     cli.over(file).into_config()

@@ -306,9 +306,13 @@ impl Unprivileged {
     }
 
     /// `setpriv --reuid=65534 ... <copy of syncer> ARGS`, `{src}` and `{dst}` in `args` being
-    /// `<dir>/src` and `<dir>/dst`.
+    /// `<dir>/src` and `<dir>/dst`; the state directory is `<dir>/state`, owned by nobody (an
+    /// unprivileged syncer keeps its state where it may write).
     fn command(&self, args: &str) -> Command {
         let (src, dst) = (self.path("src"), self.path("dst"));
+        let state = self.path("state");
+        mkdirs(&state);
+        lchown(&state, NOBODY, NOBODY);
         let mut cmd = Command::new(tool("setpriv"));
         cmd.args([
             "--reuid=65534",
@@ -317,7 +321,8 @@ impl Unprivileged {
             "--inh-caps=-all",
         ])
         .arg(&self.bin)
-        .args(words(args, &[("src", &src), ("dst", &dst)]));
+        .args(words(args, &[("src", &src), ("dst", &dst)]))
+        .env("SYNCER_STATE_DIR", &state);
         cmd
     }
 }

@@ -460,6 +460,8 @@ pub struct Syncer {
     readers: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
     paused: bool,
+    /// The state directory made for this process when the test gave none.
+    _state: Option<TempDir>,
 }
 
 /// How a one-shot command ended.
@@ -491,9 +493,18 @@ impl Syncer {
     /// Spawns `cmd` in its own process group, stdin closed, `RUST_LOG` set (from
     /// `SYNCER_E2E_RUST_LOG`, default `info`), stdout and stderr captured and echoed to the test's
     /// stderr prefixed with `[syncer#N]`.
+    /// Without `--state-dir` (or `SYNCER_STATE_DIR`) given, the process gets a fresh state
+    /// directory of its own, removed with it: tests never share `/var/lib/syncer`.
     pub fn spawn_command(mut cmd: Command) -> Syncer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let tag = format!("syncer#{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let given = cmd.get_args().any(|a| a == "--state-dir")
+            || cmd.get_envs().any(|(k, _)| k == "SYNCER_STATE_DIR");
+        let state = (!given).then(|| {
+            let d = temp_dir("state");
+            cmd.env("SYNCER_STATE_DIR", d.path());
+            d
+        });
         let level = std::env::var("SYNCER_E2E_RUST_LOG").unwrap_or_else(|_| "info".into());
         cmd.env("RUST_LOG", level)
             .env("NO_COLOR", "1")
@@ -527,6 +538,7 @@ impl Syncer {
             readers,
             status: None,
             paused: false,
+            _state: state,
         }
     }
 
@@ -1160,11 +1172,17 @@ impl Rig {
         ]
     }
 
+    /// The state directory every syncer of this rig uses (so a restart finds its state).
+    pub fn state_dir(&self) -> PathBuf {
+        self.scratch.path().join("state")
+    }
+
     /// Spawns `syncer run --source SRC --target DAEMON --target LOCAL --source-kind KIND
-    /// --delay 50 EXTRA...` without waiting for anything.
+    /// --delay 50 --state-dir STATE EXTRA...` without waiting for anything.
     pub fn spawn(&self, kind: SourceKind, extra: &[&str]) -> Syncer {
         let mut args: Vec<OsString> =
             vec!["run".into(), "--source".into(), self.src.clone().into()];
+        args.extend(["--state-dir".into(), self.state_dir().into_os_string()]);
         args.extend(self.target_args());
         args.extend(kind.args().into_iter().map(OsString::from));
         args.extend(["--delay", DELAY_MS].map(OsString::from));

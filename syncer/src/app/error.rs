@@ -12,6 +12,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("the event source ({source_kind}) died {times} time(s) within {window_min} minutes, last: {why}")]
     SourceDied {
         source_kind: String,

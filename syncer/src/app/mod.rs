@@ -5,6 +5,7 @@
 pub mod check;
 pub mod error;
 mod pools;
+pub mod restore;
 pub mod run;
 pub mod sync;
 

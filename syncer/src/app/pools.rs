@@ -8,9 +8,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::info;
 
+use super::restore::{catch_up_for, Planned};
 use super::RunError;
 use crate::config::Config;
-use crate::queue::DedupMap;
 use crate::shutdown::Shutdown;
 use crate::target::transport;
 use crate::transfer::{self, Pool, PoolConfig, PoolError, PoolReport, PoolStats};
@@ -21,36 +21,28 @@ pub type PoolEnd = (usize, Result<PoolReport, PoolError>);
 pub struct Pools {
     pub set: JoinSet<PoolEnd>,
     pub stats: Vec<Arc<PoolStats>>,
-    pub maps: Vec<Arc<DedupMap>>,
     names: Vec<String>,
     initial: Vec<oneshot::Receiver<()>>,
 }
 
-/// One map per target, in the order of `cfg.targets`.
-pub fn new_maps(cfg: &Config) -> Vec<Arc<DedupMap>> {
-    cfg.targets
-        .iter()
-        .map(|_| Arc::new(DedupMap::new(cfg.delay)))
-        .collect()
-}
-
 impl Pools {
-    /// Starts one pool per target, each on its map (`maps[i]` belongs to `cfg.targets[i]`).
+    /// Starts one pool per target as planned (`planned[i]` belongs to `cfg.targets[i]`):
+    /// with its map and state, a full pass first where `pass` (and `initial_sync`) says so.
     pub fn start(
         cfg: &Config,
         initial_sync: bool,
         finish_pass_on_drain: bool,
         shutdown: &Shutdown,
-        maps: Vec<Arc<DedupMap>>,
+        planned: &[Planned],
     ) -> Pools {
         let mut p = Pools {
             set: JoinSet::new(),
             stats: Vec::new(),
-            maps: Vec::new(),
             names: Vec::new(),
             initial: Vec::new(),
         };
-        for (i, (target, map)) in cfg.targets.iter().zip(maps).enumerate() {
+        for (i, (target, plan)) in cfg.targets.iter().zip(planned).enumerate() {
+            let map = plan.map.clone();
             let stats = Arc::new(PoolStats::default());
             let (tx, rx) = oneshot::channel();
             let pool = Pool {
@@ -62,18 +54,23 @@ impl Pools {
                     shards: cfg.shards,
                     batch_max: cfg.batch_max,
                     drain_timeout: cfg.drain_timeout,
-                    initial_sync,
+                    initial_sync: initial_sync && plan.pass,
                     finish_pass_on_drain,
                 },
                 stats: stats.clone(),
                 initial_done: Some(tx),
+                state: Some(plan.state.clone()),
+                catch_up: Some(catch_up_for(
+                    cfg.source.clone(),
+                    plan.state.clone(),
+                    map.clone(),
+                )),
             };
             let shutdown = shutdown.clone();
             p.set
                 .spawn(async move { (i, transfer::run(pool, shutdown).await) });
             p.initial.push(rx);
             p.stats.push(stats);
-            p.maps.push(map);
             p.names.push(target.display.clone());
         }
         p

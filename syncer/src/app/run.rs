@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::pools::{new_maps, Pools};
+use super::pools::Pools;
+use super::restore;
 use super::RunError;
 use crate::change::{Change, ChangeSink};
 use crate::config::Config;
 use crate::queue::Fanout;
 use crate::shutdown::Shutdown;
 use crate::source::{self, SourceConfig, SourceExit, SourceHandle};
+use crate::state::catchup::Compared;
 
 /// Restarts of a dying source allowed within [`RESTART_WINDOW`].
 pub const RESTARTS: usize = 3;
@@ -57,8 +59,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         signal(SignalKind::interrupt()).map_err(|e| RunError::io("install SIGINT handler", e))?;
 
     let shutdown = Shutdown::new();
-    let maps = new_maps(&cfg);
-    let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps.clone()));
+    let (_state, planned) = restore::open(&cfg)?;
+    let maps: Vec<_> = planned.iter().map(|p| p.map.clone()).collect();
+    let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps));
     let scfg = SourceConfig {
         root: cfg.source.clone(),
         queue: cfg.fanotify_queue,
@@ -72,8 +75,23 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         &shutdown,
     )?);
     let started = Instant::now();
-    let mut pools = Pools::start(&cfg, cfg.initial_sync, false, &shutdown, maps);
-    let mut initial = Box::pin(pools.initial_done());
+    let mut pools = Pools::start(&cfg, cfg.initial_sync, false, &shutdown, &planned);
+    // Targets with a complete index catch up by one walk against it, while the others pass.
+    let walked: Vec<Compared> = planned
+        .iter()
+        .filter(|p| !p.pass && cfg.initial_sync)
+        .map(|p| Compared {
+            state: p.state.clone(),
+            map: p.map.clone(),
+        })
+        .collect();
+    let source = cfg.source.clone();
+    let walk = tokio::task::spawn_blocking(move || restore::walk(&source, &walked));
+    let passes = pools.initial_done();
+    let mut initial = Box::pin(async move {
+        let _ = walk.await;
+        passes.await;
+    });
     let mut initial_reported = !cfg.initial_sync;
     if !cfg.initial_sync {
         info!("initial sync finished (skipped: --no-initial-sync)");
@@ -115,6 +133,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     shutdown.trigger();
     let drained = pools.finish().await;
+    drop(planned);
     match fatal {
         Some(e) => Err(e),
         None => drained,

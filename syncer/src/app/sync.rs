@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::pools::{new_maps, Pools};
+use super::pools::Pools;
+use super::restore;
 use super::RunError;
 use crate::config::Config;
 use crate::shutdown::Shutdown;
@@ -13,7 +14,12 @@ pub async fn sync(cfg: Config) -> Result<(), RunError> {
     let started = Instant::now();
     // Draining from the start: the pools finish the pass and return.
     let shutdown = Shutdown::triggered();
-    let pools = Pools::start(&cfg, true, true, &shutdown, new_maps(&cfg));
+    // The pass builds every target's index (and completes what a crashed run left pending).
+    let (_state, mut planned) = restore::open(&cfg)?;
+    for p in &mut planned {
+        p.pass = true;
+    }
+    let pools = Pools::start(&cfg, true, true, &shutdown, &planned);
     let r = pools.finish().await;
     if r.is_ok() {
         info!(ms = started.elapsed().as_millis() as u64, "sync finished");

@@ -49,6 +49,10 @@ pub struct Config {
     pub ebpf_ring_bytes: u32,
     /// How long shutdown waits for queued changes to drain.
     pub drain_timeout: Duration,
+    /// Where the journal and the index live (one directory per source).
+    pub state_dir: PathBuf,
+    /// Forget the state: full pass against every target, index rebuilt.
+    pub full_resync: bool,
 }
 
 /// Settings as read from the command line or the config file, before merging and validation.
@@ -70,6 +74,10 @@ pub struct Settings {
     pub ebpf_hooks: Option<EbpfHooks>,
     pub ebpf_ring_kib: Option<u32>,
     pub drain_timeout_s: Option<u64>,
+    pub state_dir: Option<PathBuf>,
+    /// Command line only.
+    #[serde(skip)]
+    pub full_resync: Option<bool>,
 }
 
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(50);
@@ -116,6 +124,8 @@ impl Settings {
             ebpf_hooks: self.ebpf_hooks.or(lower.ebpf_hooks),
             ebpf_ring_kib: self.ebpf_ring_kib.or(lower.ebpf_ring_kib),
             drain_timeout_s: self.drain_timeout_s.or(lower.drain_timeout_s),
+            state_dir: self.state_dir.or(lower.state_dir),
+            full_resync: self.full_resync.or(lower.full_resync),
         }
     }
 
@@ -127,6 +137,7 @@ impl Settings {
             self.targets.as_deref().unwrap_or_default(),
             self.password_file.as_deref(),
         )?;
+        let state_dir = valid_state_dir(self.state_dir, &source)?;
         let invalid = |flag, msg: String| Err(ConfigError::Invalid { flag, msg });
         let delay =
             Duration::from_millis(self.delay_ms.unwrap_or(DEFAULT_DELAY.as_millis() as u64));
@@ -165,8 +176,37 @@ impl Settings {
             ebpf_hooks: self.ebpf_hooks.unwrap_or(EbpfHooks::Auto),
             ebpf_ring_bytes: ring_kib * 1024,
             drain_timeout: Duration::from_secs(self.drain_timeout_s.unwrap_or(60)),
+            state_dir,
+            full_resync: self.full_resync.unwrap_or(false),
         })
     }
+}
+
+/// Where state lives by default (systemd's `StateDirectory=syncer`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/syncer";
+
+/// The state directory: absolute, and not inside the source (its writes would be replicated).
+fn valid_state_dir(dir: Option<PathBuf>, source: &Path) -> Result<PathBuf, ConfigError> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let invalid = |msg| ConfigError::Invalid {
+        flag: "--state-dir",
+        msg,
+    };
+    let abs = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()
+            .map_err(|e| invalid(format!("{}: {e}", dir.display())))?
+            .join(dir)
+    };
+    if abs.starts_with(source) {
+        return Err(invalid(format!(
+            "{} is inside the source {}: its writes would be replicated",
+            abs.display(),
+            source.display()
+        )));
+    }
+    Ok(abs)
 }
 
 /// The source directory, canonical.

@@ -181,6 +181,12 @@ impl DedupMap {
     /// Schedules `op` on `path` directly (the rescan planner's `Tree` and `Shallow` requests),
     /// due at `due`.
     pub fn schedule(&self, path: &Path, op: Op, due: Instant) {
+        self.restore(path, op, true, due)
+    }
+
+    /// Puts `op` on `path` back as pending, due at `due`, merged with what is there (the
+    /// journal's entries after a restart, and [`DedupMap::schedule`]).
+    pub fn restore(&self, path: &Path, op: Op, is_dir: bool, due: Instant) {
         let mut timers = self.timers();
         let mut slot = self
             .slots
@@ -189,7 +195,7 @@ impl DedupMap {
         let key = slot.key().clone();
         let request = Pending {
             op,
-            is_dir: true,
+            is_dir,
             born: false,
             first: due,
             last: due,

@@ -10,11 +10,15 @@
 //! - whether the index is **complete** (a full pass or a catch-up walk ended since it was
 //!   started), and failures.
 //!
-//! Every write reaches the operating system at once (a kill -9 loses nothing); a thread makes
-//! them durable every [`SYNC_EVERY`] (a power loss loses at most that much, which the next
-//! start's walk repairs: see ARCHITECTURE.md). A value that fails its checksum, or a database
-//! that cannot be opened, is never trusted: the state is set aside and rebuilt by a full pass.
+//! Writes go to one writer thread (sending never blocks: the source's reader thread must not
+//! wait on the disk), which writes them to the store in batches as they come, then makes them
+//! durable (fsync) at most every [`SYNC_EVERY`]: a kill -9 loses what the writer had not yet
+//! written (milliseconds of changes), a power loss what was not yet synced; both are found
+//! again by the next start's walk against the index (see ARCHITECTURE.md). A value that fails
+//! its checksum, or a database that cannot be opened, is never trusted: the state is set aside
+//! and rebuilt by a full pass.
 
+pub mod catchup;
 pub mod meta;
 pub mod stat;
 mod target;
@@ -22,7 +26,7 @@ mod target;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,11 +65,39 @@ pub struct State {
     dir: PathBuf,
     db: Database,
     meta: Keyspace,
-    /// Writes since the last sync, for the group commit.
-    writes: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    syncer: Option<std::thread::JoinHandle<()>>,
+    writer: Writer,
+    thread: Option<std::thread::JoinHandle<()>>,
     _lock: File,
+}
+
+/// One write for the writer thread.
+pub(crate) enum Write {
+    /// Inserts and removals, in one batch.
+    Batch(Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>),
+    /// Syncs everything written so far and answers.
+    Flush(std::sync::mpsc::Sender<()>),
+    /// Syncs and ends the writer (the state is closing; later writes are dropped).
+    Stop,
+}
+
+/// Where writes are sent; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: std::sync::mpsc::Sender<Write>,
+}
+
+impl Writer {
+    pub(crate) fn send(&self, w: Write) {
+        // The thread only ends when the state is dropped, after everything sent.
+        let _ = self.tx.send(w);
+    }
+
+    /// Waits until everything sent before is written and synced.
+    pub(crate) fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Write::Flush(tx));
+        let _ = rx.recv();
+    }
 }
 
 /// What identifies a source: its path and its filesystem's id (so that a directory replaced by
@@ -114,22 +146,21 @@ impl State {
                 .map_err(|e| damaged(dir, e))?,
             Err(e) => return Err(damaged(dir, e)),
         }
-        let writes = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let syncer = {
-            let (db, writes, stop) = (db.clone(), writes.clone(), stop.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (db, failed, dir) = (db.clone(), failed.clone(), dir.to_path_buf());
             std::thread::Builder::new()
-                .name("state-sync".into())
-                .spawn(move || group_commit(&db, &writes, &stop))
+                .name("state-writer".into())
+                .spawn(move || write_loop(&db, &rx, &failed, &dir))
                 .map_err(io)?
         };
         Ok(State {
             dir: dir.to_path_buf(),
             db,
             meta,
-            writes,
-            stop,
-            syncer: Some(syncer),
+            writer: Writer { tx },
+            thread: Some(thread),
             _lock: lock,
         })
     }
@@ -151,14 +182,17 @@ impl State {
         Ok(Arc::new(TargetState {
             name: name.to_string(),
             dir: self.dir.clone(),
-            db: self.db.clone(),
             index: ks("index")?,
             journal: ks("journal")?,
             meta: self.meta.clone(),
             complete_key: format!("complete-{id}"),
-            writes: self.writes.clone(),
-            failed: AtomicBool::new(false),
+            writer: self.writer.clone(),
         }))
+    }
+
+    /// Waits until everything written so far is durable.
+    pub fn flush(&self) {
+        self.writer.flush();
     }
 
     pub fn dir(&self) -> &Path {
@@ -168,8 +202,10 @@ impl State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.syncer.take() {
+        // Everything sent before is written and synced; the store is closed before the lock
+        // is released, so the next syncer never meets this one's writer.
+        self.writer.send(Write::Stop);
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         if let Err(e) = self.db.persist(PersistMode::SyncAll) {
@@ -229,18 +265,93 @@ fn lock(dir: &Path) -> Result<File, StateError> {
     Ok(f)
 }
 
-/// Makes the writes durable every [`SYNC_EVERY`] while there are any.
-fn group_commit(db: &Database, writes: &AtomicU64, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(SYNC_EVERY);
-        if writes.swap(0, Ordering::Relaxed) > 0 {
+/// Adds one write to the batch being built.
+fn take(
+    w: Write,
+    batch: &mut fjall::OwnedWriteBatch,
+    n: &mut usize,
+    flushes: &mut Vec<std::sync::mpsc::Sender<()>>,
+    stop: &mut bool,
+) {
+    match w {
+        Write::Batch(items) => {
+            for (ks, k, v) in items {
+                match v {
+                    Some(v) => batch.insert(&ks, k, v),
+                    None => batch.remove(&ks, k),
+                }
+                *n += 1;
+            }
+        }
+        Write::Flush(reply) => flushes.push(reply),
+        Write::Stop => *stop = true,
+    }
+}
+
+/// The writer thread: writes what comes in batches, syncs at most every [`SYNC_EVERY`] (and
+/// when asked), until every sender is gone.
+fn write_loop(
+    db: &Database,
+    rx: &std::sync::mpsc::Receiver<Write>,
+    failed: &AtomicBool,
+    dir: &Path,
+) {
+    let mut last_sync = std::time::Instant::now();
+    let mut unsynced = false;
+    loop {
+        // Wait for work, but wake to sync what is written and not yet durable.
+        let first = if unsynced {
+            let left = SYNC_EVERY.saturating_sub(last_sync.elapsed());
+            match rx.recv_timeout(left) {
+                Ok(w) => Some(w),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(w) => Some(w),
+                Err(_) => break,
+            }
+        };
+        let mut batch = db.batch();
+        let mut n = 0usize;
+        let mut flushes = Vec::new();
+        let mut stop = false;
+        if let Some(w) = first {
+            take(w, &mut batch, &mut n, &mut flushes, &mut stop);
+            // Everything else already waiting goes in the same batch.
+            while n < 100_000 && !stop {
+                match rx.try_recv() {
+                    Ok(w) => take(w, &mut batch, &mut n, &mut flushes, &mut stop),
+                    Err(_) => break,
+                }
+            }
+        }
+        if n > 0 {
+            if let Err(e) = batch.commit() {
+                if !failed.swap(true, Ordering::Relaxed) {
+                    tracing::error!("cannot write the state in {} ({e}): replication goes on, and the next start compares more of the tree", dir.display());
+                }
+            }
+            unsynced = true;
+        }
+        if unsynced && (stop || !flushes.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
             if let Err(e) = db.persist(PersistMode::SyncAll) {
                 warn!("syncing the state failed: {e}");
             } else {
                 debug!("state synced");
             }
+            last_sync = std::time::Instant::now();
+            unsynced = false;
+        }
+        for reply in flushes {
+            let _ = reply.send(());
+        }
+        if stop {
+            return;
         }
     }
+    let _ = db.persist(PersistMode::SyncAll);
 }
 
 #[cfg(test)]
@@ -328,7 +439,9 @@ mod tests {
                 (Path::new("d"), Some((Op::Tree, true))),
                 (Path::new("gone"), Some((Op::Delete, false))),
             ]);
+            ts.flush();
             ts.record(&[(Path::new("a/f"), None)]);
+            ts.flush();
             ts.apply(&[
                 IndexUpdate::Put("a".into(), dir_meta(1)),
                 IndexUpdate::Children(
@@ -338,6 +451,7 @@ mod tests {
                 IndexUpdate::Put("a/sub/x".into(), file(4)),
                 IndexUpdate::Put("a/sub/deep/y".into(), file(5)),
             ]);
+            ts.flush();
         }
         let s = State::open(&dir, &src, false).unwrap();
         let ts = s.target("rsync://h/m").unwrap();
@@ -355,6 +469,7 @@ mod tests {
             "a".into(),
             vec![(b"f".to_vec(), file(2))],
         )]);
+        ts.flush();
         assert_eq!(names(&ts.children(Path::new("a")).unwrap()), ["f"]);
         assert_eq!(ts.get(Path::new("a/sub/x")).unwrap(), None);
         assert_eq!(ts.get(Path::new("a/sub/deep/y")).unwrap(), None);
@@ -364,6 +479,7 @@ mod tests {
             "the directory itself stays"
         );
         ts.apply(&[IndexUpdate::Remove("a".into())]);
+        ts.flush();
         assert!(ts.children(Path::new("a")).unwrap().is_empty());
         assert_eq!(ts.get(Path::new("a")).unwrap(), None);
         assert!(
@@ -378,6 +494,7 @@ mod tests {
         let s = State::open(&t.path().join("state"), t.path(), false).unwrap();
         let ts = s.target("t").unwrap();
         ts.apply(&[IndexUpdate::Put("f".into(), file(1))]);
+        ts.flush();
         let k = super::meta::key(Path::new("f"));
         let mut v = ts.index.get(&k).unwrap().unwrap().to_vec();
         v[3] ^= 1;

@@ -1,28 +1,25 @@
 //! The durable state of one target: its journal of pending paths, its index of what it holds,
 //! and whether that index is complete.
 
+use fjall::Keyspace;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use fjall::{Database, Keyspace};
-use tracing::error;
 
 use super::meta::{self, Meta};
-use super::StateError;
+use super::{StateError, Write, Writer};
 use crate::queue::{Journal, JournalEntry, Op};
+
+/// One insert (`Some` value) or removal for the writer.
+type Item = (Keyspace, Vec<u8>, Option<Vec<u8>>);
 
 pub struct TargetState {
     pub(super) name: String,
     pub(super) dir: PathBuf,
-    pub(super) db: Database,
     pub(super) index: Keyspace,
     pub(super) journal: Keyspace,
     pub(super) meta: Keyspace,
     pub(super) complete_key: String,
-    pub(super) writes: std::sync::Arc<AtomicU64>,
-    /// A write failed (logged once): the index may be behind, which only costs transfers.
-    pub(super) failed: AtomicBool,
+    pub(super) writer: Writer,
 }
 
 /// One change to the index, applied when the transfer it describes succeeded.
@@ -74,6 +71,11 @@ fn decode_op(key: &[u8], v: &[u8]) -> Option<(Op, bool)> {
 }
 
 impl TargetState {
+    /// The target's name (as configured).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn damaged(&self, why: impl std::fmt::Display) -> StateError {
         StateError::Damaged {
             dir: self.dir.clone(),
@@ -81,17 +83,15 @@ impl TargetState {
         }
     }
 
-    fn wrote(&self, r: fjall::Result<()>, n: usize) {
-        match r {
-            Ok(()) => {
-                self.writes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if !self.failed.swap(true, Ordering::Relaxed) {
-                    error!(target = %self.name, "cannot write the state in {} ({e}): replication goes on, and the next start compares more of the tree", self.dir.display());
-                }
-            }
+    fn send(&self, items: Vec<Item>) {
+        if !items.is_empty() {
+            self.writer.send(Write::Batch(items));
         }
+    }
+
+    /// Waits until everything written so far is durable.
+    pub fn flush(&self) {
+        self.writer.flush();
     }
 
     /// The paths pending when the state was last written, with their ops.
@@ -112,36 +112,30 @@ impl TargetState {
         matches!(self.meta.get(&self.complete_key), Ok(Some(v)) if *v == *b"1")
     }
 
+    /// Marks the index complete (or not), durably: after everything written before it.
     pub fn set_complete(&self, complete: bool) {
-        let r = if complete {
-            self.meta.insert(&self.complete_key, "1")
-        } else {
-            self.meta.remove(self.complete_key.as_str())
-        };
-        self.wrote(r, 1);
-        // The mark that the index may be trusted is made durable at once.
-        if complete {
-            let _ = self.db.persist(fjall::PersistMode::SyncAll);
-        }
+        let v = complete.then(|| b"1".to_vec());
+        self.send(vec![(
+            self.meta.clone(),
+            self.complete_key.as_bytes().to_vec(),
+            v,
+        )]);
+        self.flush();
     }
 
     /// Forgets the whole index (a full pass follows).
     pub fn clear_index(&self) -> Result<(), StateError> {
         self.set_complete(false);
-        let mut batch = self.db.batch();
-        let mut n = 0;
+        let mut items = Vec::new();
         for item in self.index.iter() {
             let k = item.key().map_err(|e| self.damaged(e))?;
-            batch.remove(&self.index, k);
-            n += 1;
-            if n % 100_000 == 0 {
-                self.wrote(
-                    std::mem::replace(&mut batch, self.db.batch()).commit(),
-                    100_000,
-                );
+            items.push((self.index.clone(), k.to_vec(), None));
+            if items.len() == 100_000 {
+                self.send(std::mem::take(&mut items));
             }
         }
-        self.wrote(batch.commit(), n % 100_000);
+        self.send(items);
+        self.flush();
         Ok(())
     }
 
@@ -175,54 +169,40 @@ impl TargetState {
         }
     }
 
-    /// Applies index updates in one atomic batch.
+    /// Applies index updates (one batch for the writer). Reads what it replaces from the
+    /// index as it is now: callers apply the updates of one subtree in order.
     pub fn apply(&self, updates: &[IndexUpdate]) {
-        let mut batch = self.db.batch();
-        let mut n = 0;
+        let mut items = Vec::new();
         for u in updates {
             match u {
                 IndexUpdate::Put(p, m) => {
                     let k = meta::key(p);
                     let v = m.encode(&k);
-                    batch.insert(&self.index, k, v);
-                    n += 1;
+                    items.push((self.index.clone(), k, Some(v)));
                 }
-                IndexUpdate::Remove(p) => {
-                    n += self.remove_into(&mut batch, p);
-                }
-                IndexUpdate::Children(dir, kids) => {
-                    n += self.children_into(&mut batch, dir, kids);
-                }
+                IndexUpdate::Remove(p) => self.remove_into(&mut items, p),
+                IndexUpdate::Children(dir, kids) => self.children_into(&mut items, dir, kids),
             }
         }
-        self.wrote(batch.commit(), n);
+        self.send(items);
     }
 
-    /// Adds the removal of `path` and everything below it to `batch`.
-    fn remove_into(&self, batch: &mut fjall::OwnedWriteBatch, path: &Path) -> usize {
-        batch.remove(&self.index, meta::key(path));
-        let mut n = 1;
+    /// Adds the removal of `path` and everything below it.
+    fn remove_into(&self, items: &mut Vec<Item>, path: &Path) {
+        items.push((self.index.clone(), meta::key(path), None));
         let mut prefixes = vec![meta::children_prefix(path)];
         prefixes.extend(meta::deeper_prefix(path));
         for prefix in prefixes {
             for item in self.index.prefix(prefix) {
                 if let Ok(k) = item.key() {
-                    batch.remove(&self.index, k);
-                    n += 1;
+                    items.push((self.index.clone(), k.to_vec(), None));
                 }
             }
         }
-        n
     }
 
-    /// Adds "the children of `dir` are exactly `kids`" to `batch`.
-    fn children_into(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        dir: &Path,
-        kids: &[(Vec<u8>, Meta)],
-    ) -> usize {
-        let mut n = 0;
+    /// Adds "the children of `dir` are exactly `kids`".
+    fn children_into(&self, items: &mut Vec<Item>, dir: &Path, kids: &[(Vec<u8>, Meta)]) {
         let present: std::collections::HashSet<&[u8]> =
             kids.iter().map(|(name, _)| name.as_slice()).collect();
         if let Ok(old) = self.children(dir) {
@@ -230,10 +210,9 @@ impl TargetState {
                 if !present.contains(name.as_slice()) {
                     let p = dir.join(std::ffi::OsStr::from_bytes(&name));
                     if m.is_dir() {
-                        n += self.remove_into(batch, &p);
+                        self.remove_into(items, &p);
                     } else {
-                        batch.remove(&self.index, meta::key(&p));
-                        n += 1;
+                        items.push((self.index.clone(), meta::key(&p), None));
                     }
                 }
             }
@@ -242,26 +221,21 @@ impl TargetState {
             let p = dir.join(std::ffi::OsStr::from_bytes(name));
             let k = meta::key(&p);
             let v = m.encode(&k);
-            batch.insert(&self.index, k, v);
-            n += 1;
+            items.push((self.index.clone(), k, Some(v)));
         }
-        n
     }
 }
 
 impl Journal for TargetState {
     fn record(&self, entries: &[JournalEntry<'_>]) {
-        let mut batch = self.db.batch();
-        for (path, state) in entries {
-            let k = journal_key(path);
-            match state {
-                Some((op, is_dir)) => {
-                    let v = encode_op(&k, *op, *is_dir);
-                    batch.insert(&self.journal, k, v)
-                }
-                None => batch.remove(&self.journal, k),
-            }
-        }
-        self.wrote(batch.commit(), entries.len());
+        let items = entries
+            .iter()
+            .map(|(path, state)| {
+                let k = journal_key(path);
+                let v = state.map(|(op, is_dir)| encode_op(&k, op, is_dir).to_vec());
+                (self.journal.clone(), k, v)
+            })
+            .collect();
+        self.send(items);
     }
 }

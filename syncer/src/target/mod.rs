@@ -107,6 +107,31 @@ impl Target {
         }
     }
 
+    /// The host and port to probe: an rsync daemon's (873 by default), ssh's (22).
+    pub fn probe_addr(&self) -> Option<(String, u16)> {
+        let (hostport, default) = match &self.kind {
+            TargetKind::Local(_) => return None,
+            TargetKind::Daemon { url } => {
+                let rest = url.strip_prefix("rsync://").unwrap_or(url);
+                (rest.split('/').next().unwrap_or(rest), 873)
+            }
+            TargetKind::Ssh { spec } => (spec.split(':').next().unwrap_or(spec), 22),
+        };
+        let host = hostport.rsplit('@').next().unwrap_or(hostport);
+        if let Some(inner) = host.strip_prefix('[') {
+            // [v6]:port or [v6]
+            let (addr, rest) = inner.split_once(']')?;
+            let port = rest.strip_prefix(':').and_then(|p| p.parse().ok());
+            return Some((addr.to_string(), port.unwrap_or(default)));
+        }
+        match host.rsplit_once(':') {
+            Some((h, p)) if matches!(self.kind, TargetKind::Daemon { .. }) => {
+                Some((h.to_string(), p.parse().ok()?))
+            }
+            _ => Some((host.to_string(), default)),
+        }
+    }
+
     pub fn is_daemon(&self) -> bool {
         matches!(self.kind, TargetKind::Daemon { .. })
     }
@@ -132,6 +157,12 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// The process that renames `from` to `to` on the target, where this transport can (none
     /// can yet: a rename travels as a deletion and a transfer of the new name).
     fn rename(&self, _from: &Path, _to: &Path) -> Option<Invocation> {
+        None
+    }
+
+    /// Where a TCP connect tells cheaply whether the target is reachable again (the daemon's
+    /// port, ssh's), if anywhere.
+    fn probe_addr(&self) -> Option<(String, u16)> {
         None
     }
 }
@@ -189,6 +220,22 @@ mod tests {
                 Target::parse(bad, None).is_err(),
                 "{bad} should be rejected"
             );
+        }
+    }
+
+    #[test]
+    fn probe_addresses() {
+        #[rustfmt::skip]
+        let table: &[(&str, Option<(&str, u16)>)] = &[
+            ("rsync://127.0.0.1:8730/mod", Some(("127.0.0.1", 8730))),
+            ("rsync://u@backup/mod/sub", Some(("backup", 873))),
+            ("rsync://[::1]:9000/m", Some(("::1", 9000))),
+            ("backup@host:/srv/copy", Some(("host", 22))),
+            ("/local/dir", None),
+        ];
+        for (text, want) in table {
+            let got = Target::parse(text, None).unwrap().probe_addr();
+            assert_eq!(got, want.map(|(h, p)| (h.to_string(), p)), "{text}");
         }
     }
 

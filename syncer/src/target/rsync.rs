@@ -63,6 +63,28 @@ impl Transport for Rsync {
     fn outcome(&self, code: Option<i32>) -> Outcome {
         Outcome::from_exit(code)
     }
+
+    fn probe_addr(&self) -> Option<(String, u16)> {
+        self.target.probe_addr()
+    }
+}
+
+/// Whether rsync's message says it could not reach the target at all (rather than being
+/// turned away by it): then a TCP probe tells when it is back.
+pub fn unreachable(stderr: &str) -> bool {
+    [
+        "failed to connect",
+        "Connection refused",
+        "Connection timed out",
+        "No route to host",
+        "Network is unreachable",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "Connection reset by peer",
+        "connection unexpectedly closed",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
 }
 
 /// Whether a plain batch writes entries directly in the source root. rsync writes a file by

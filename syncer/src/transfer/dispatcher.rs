@@ -20,9 +20,10 @@ use super::guard::{self, Guard, Seq};
 use super::health::{retry_backoff, Health};
 use super::passes::{entries_of, piece_of, PassState};
 use super::shard::BatchResult;
-use super::{Batch, Origin, PoolConfig, PoolError, PoolStats};
+use super::{Batch, CatchUp, Origin, PoolConfig, PoolError, PoolStats};
 use crate::queue::pass::{Piece, PieceSize};
 use crate::queue::{DedupMap, Op, Taken};
+use crate::state::TargetState;
 use crate::target::{BatchKind, Outcome, Target};
 
 /// Entries per pass piece (see [`crate::queue::pass`]); at most `batch_max` directories.
@@ -41,7 +42,9 @@ pub struct Dispatcher {
     /// Subtree transfers (tree, shallow) in flight, and when the last one ended.
     trees_inflight: usize,
     last_tree_end: Option<Instant>,
-    health: Health,
+    pub(super) health: Health,
+    /// When a still-down target was last said to be down (the log says so once a minute).
+    down_logged: Option<Instant>,
     pub(super) pass: Option<PassState>,
     pub(super) pass_gen: u64,
     /// False once a shutdown has abandoned the pass: a rescan asked for then is left to the
@@ -49,6 +52,8 @@ pub struct Dispatcher {
     pub(super) passes_allowed: bool,
     pub(super) piece_size: PieceSize,
     pub initial_done: Option<oneshot::Sender<()>>,
+    pub state: Option<Arc<TargetState>>,
+    pub catch_up: Option<CatchUp>,
     stats: Arc<PoolStats>,
     pub(super) source: PathBuf,
     /// When a batch last succeeded.
@@ -74,6 +79,7 @@ impl Dispatcher {
             trees_inflight: 0,
             last_tree_end: None,
             health: Health::default(),
+            down_logged: None,
             pass: None,
             pass_gen: 0,
             passes_allowed: true,
@@ -82,6 +88,8 @@ impl Dispatcher {
                 dirs: cfg.batch_max,
             },
             initial_done: None,
+            state: None,
+            catch_up: None,
             stats,
             source: cfg.source.clone(),
             last_progress: now,
@@ -121,8 +129,11 @@ impl Dispatcher {
         }
         for t in self.map.take_due(now, want, draining) {
             if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
-                // Overflow or lost events: compare the whole tree again, in pieces.
-                if self.passes_allowed {
+                // Overflow or lost events: compare the whole tree again; with a complete
+                // index, locally against it, else with rsync in pieces.
+                if self.catch_up.as_ref().is_some_and(|c| c()) {
+                    info!(target = %self.target, "comparing the whole tree with the index");
+                } else if self.passes_allowed {
                     let initial = self.pass.as_ref().is_some_and(|p| p.initial);
                     info!(target = %self.target, "rescanning the whole tree");
                     self.start_pass(PathBuf::new(), initial, now);
@@ -243,8 +254,9 @@ impl Dispatcher {
         let n = res.batch.entries.len();
         match res.outcome {
             o if o.succeeded() => {
-                if self.health.succeeded() {
-                    info!(target = %self.target, "target back up");
+                if let Some(outage) = self.health.succeeded(now) {
+                    info!(target = %self.target, down_ms = outage.as_millis() as u64, "target back up");
+                    self.down_logged = None;
                 }
                 self.last_progress = now;
                 self.stats.paths_done.fetch_add(n as u64, Ordering::Relaxed);
@@ -268,9 +280,19 @@ impl Dispatcher {
             }
             Outcome::TargetDown => {
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                let pause = self.health.failed(now);
-                warn!(target = %self.target, retry_in_ms = pause.as_millis() as u64, pending = self.map.len(),
-                      "target down: {}", res.reason());
+                let unreachable = crate::target::rsync::unreachable(&res.stderr);
+                let (pause, began) = self.health.failed(now, unreachable);
+                let again = self
+                    .down_logged
+                    .is_some_and(|t| now < t + Duration::from_secs(60));
+                if began || !again {
+                    let down_s = self.health.outage(now).map_or(0, |d| d.as_secs());
+                    warn!(target = %self.target, retry_in_ms = pause.as_millis() as u64, probing = unreachable, down_s, pending = self.map.len(),
+                          "target down: {}", res.reason());
+                    self.down_logged = Some(now);
+                } else {
+                    debug!(target = %self.target, "target still down: {}", res.reason());
+                }
                 self.requeue_down(res.batch, now);
             }
             outcome => {
@@ -409,6 +431,10 @@ impl Dispatcher {
                 failed_dirs = p.failed_dirs,
                 "{}", if p.initial { "start-up pass done" } else { "rescan done" }
             );
+            if let Some(s) = &self.state {
+                // Every directory went through a successful piece: the index is whole.
+                s.set_complete(true);
+            }
             if !p.initial {
                 return;
             }
@@ -441,9 +467,12 @@ impl Dispatcher {
         }
         let down = self.health.down_until(now);
         if self.idle.is_empty() || down.is_some() {
-            // Nothing can be sent before a shard frees up (a result wakes us) or the target's
-            // pause ends.
+            // Nothing can be sent before a shard frees up (a result wakes us), the target's
+            // pause ends, or a probe is due.
             wake = down.unwrap_or(now + idle);
+            if let Some(p) = self.health.next_probe(now) {
+                wake = wake.min(p);
+            }
         }
         // A deadline already past must not make the loop spin while a shard is still busy.
         match deadline.filter(|&t| t > now) {

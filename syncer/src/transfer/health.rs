@@ -1,5 +1,11 @@
 //! Target health and backoff: when a target that did not answer may be tried again, and how
 //! long a batch that failed in part waits before its retry. Decisions only, tested with tables.
+//!
+//! A target that could not be reached at all is probed (a TCP connect, by the pool) every
+//! [`PROBE_EVERY`] while it pauses, and the pause ends at the first probe that connects: a
+//! target that comes back is used again within about a second, whatever the backoff has
+//! grown to, while the backoff still spaces out real attempts against a target that answers
+//! but refuses (wrong module or password), so neither the logs nor the target are flooded.
 
 use std::time::{Duration, Instant};
 
@@ -7,11 +13,19 @@ use std::time::{Duration, Instant};
 const DOWN_MIN: Duration = Duration::from_millis(500);
 const DOWN_MAX: Duration = Duration::from_secs(30);
 
+/// How often an unreachable target is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// Up or down, and until when.
 #[derive(Debug, Default)]
 pub struct Health {
     down_until: Option<Instant>,
     backoff: Duration,
+    /// When the current outage began.
+    since: Option<Instant>,
+    /// The last failure was "unreachable": probes may end the pause.
+    probe: bool,
+    next_probe: Option<Instant>,
 }
 
 impl Health {
@@ -26,17 +40,52 @@ impl Health {
     }
 
     /// The target did not answer: it pauses 0.5 s, doubling with every failure in a row, up
-    /// to 30 s. Returns the pause.
-    pub fn failed(&mut self, now: Instant) -> Duration {
+    /// to 30 s; `unreachable` (nothing answered at all) lets probes end the pause. Returns the
+    /// pause, and whether this began an outage.
+    pub fn failed(&mut self, now: Instant, unreachable: bool) -> (Duration, bool) {
         self.backoff = (self.backoff * 2).clamp(DOWN_MIN, DOWN_MAX);
         self.down_until = Some(now + self.backoff);
-        self.backoff
+        self.probe = unreachable;
+        self.next_probe = unreachable.then(|| now + PROBE_EVERY);
+        let began = self.since.is_none();
+        self.since.get_or_insert(now);
+        (self.backoff, began)
     }
 
-    /// A batch went through. Returns whether the target had been down.
-    pub fn succeeded(&mut self) -> bool {
+    /// How long the current outage has lasted.
+    pub fn outage(&self, now: Instant) -> Option<Duration> {
+        self.since.map(|s| now.saturating_duration_since(s))
+    }
+
+    /// Whether a probe is due at `now`.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        self.is_down(now) && self.probe && self.next_probe.is_some_and(|t| now >= t)
+    }
+
+    /// When the next probe is due, if probing.
+    pub fn next_probe(&self, now: Instant) -> Option<Instant> {
+        self.next_probe.filter(|_| self.is_down(now) && self.probe)
+    }
+
+    /// A probe is under way: the next one comes a period later.
+    pub fn probing(&mut self, now: Instant) {
+        self.next_probe = Some(now + PROBE_EVERY);
+    }
+
+    /// A probe connected: the pause ends now (the next batch says whether it is really back).
+    pub fn probe_ok(&mut self, now: Instant) {
+        if self.is_down(now) {
+            self.down_until = Some(now);
+        }
+    }
+
+    /// A batch went through. Returns how long the target had been down, if it had.
+    pub fn succeeded(&mut self, now: Instant) -> Option<Duration> {
         self.backoff = Duration::ZERO;
-        self.down_until.take().is_some()
+        self.down_until = None;
+        self.probe = false;
+        self.next_probe = None;
+        self.since.take().map(|s| now.saturating_duration_since(s))
     }
 }
 
@@ -66,20 +115,53 @@ mod tests {
             for (i, e) in events.iter().enumerate() {
                 match e {
                     Some(want) => {
-                        assert_eq!(h.failed(now), ms(*want), "{name}, event {i}");
+                        assert_eq!(h.failed(now, false).0, ms(*want), "{name}, event {i}");
                         assert!(
                             h.is_down(now) && !h.is_down(now + ms(*want)),
                             "{name}, event {i}"
                         );
                     }
                     None => {
-                        assert!(h.succeeded(), "{name}: it was down");
+                        assert!(h.succeeded(now).is_some(), "{name}: it was down");
                         assert!(!h.is_down(now));
                     }
                 }
             }
         }
-        assert!(!Health::default().succeeded(), "up all along");
+        assert!(
+            Health::default().succeeded(Instant::now()).is_none(),
+            "up all along"
+        );
+    }
+
+    #[test]
+    fn probes_end_the_pause_of_an_unreachable_target() {
+        let t0 = Instant::now();
+        let s = |x: u64| t0 + Duration::from_millis(x);
+        // (event, at ms) → expectations, in order.
+        let mut h = Health::default();
+        for _ in 0..8 {
+            h.failed(t0, true); // a long outage: the backoff is at 30 s
+        }
+        assert!(h.is_down(s(20_000)));
+        assert!(!h.probe_due(s(500)), "not before a period");
+        assert!(h.probe_due(s(1000)));
+        h.probing(s(1000));
+        assert!(!h.probe_due(s(1500)));
+        assert_eq!(h.next_probe(s(1500)), Some(s(2000)));
+        h.probe_ok(s(2100));
+        assert!(
+            !h.is_down(s(2100)),
+            "a probe that connects ends the pause at once"
+        );
+        // Reached, but refused (e.g. a wrong password): no probing, the backoff holds.
+        let (pause, began) = h.failed(s(2200), false);
+        assert!(!began, "still the same outage");
+        assert_eq!(pause, DOWN_MAX);
+        assert!(!h.probe_due(s(5000)));
+        assert_eq!(h.outage(s(5000)), Some(Duration::from_secs(5)));
+        assert_eq!(h.succeeded(s(6000)), Some(Duration::from_secs(6)));
+        assert!(h.failed(s(7000), true).1, "a new outage");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use self::shard::{shard_task, BatchResult, ShardCtx};
 use crate::queue::pass::Piece;
 use crate::queue::{DedupMap, Taken};
 use crate::shutdown::Shutdown;
+use crate::state::TargetState;
 use crate::target::{BatchKind, Target, Transport};
 
 /// Counters of one target's pool.
@@ -72,7 +73,17 @@ pub struct Pool {
     pub stats: Arc<PoolStats>,
     /// Told once the start-up pass is done.
     pub initial_done: Option<oneshot::Sender<()>>,
+    /// The target's durable state: the index is kept true as batches succeed, and marked
+    /// complete when a pass ends.
+    pub state: Option<Arc<TargetState>>,
+    /// Compares the source with the index instead of running a pass, for a rescan of the whole
+    /// tree (returns false where it cannot: no complete index).
+    pub catch_up: Option<CatchUp>,
 }
+
+/// Starts a catch-up walk of the whole tree for this target; false when there is no complete
+/// index to walk against (a pass is run instead).
+pub type CatchUp = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How a pool ended.
 #[derive(Debug)]
@@ -109,6 +120,7 @@ pub struct Batch {
 
 enum Event {
     Result(BatchResult),
+    Probe(bool),
     Piece(Option<Piece>),
     ShardEnded(usize, String),
     Wake,
@@ -126,11 +138,16 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         cfg,
         stats,
         initial_done,
+        state,
+        catch_up,
     } = pool;
-    let (shard_txs, mut result_rx, mut shards) = spawn_shards(&cfg, &transport, &stats);
+    let index = state.clone().map(|s| (cfg.source.clone(), s));
+    let (shard_txs, mut result_rx, mut shards) = spawn_shards(&cfg, &transport, &stats, &index);
     let now = Instant::now();
     let mut d = Dispatcher::new(target.clone(), map.clone(), &cfg, stats, now);
     d.initial_done = initial_done;
+    d.state = state;
+    d.catch_up = catch_up;
     if cfg.initial_sync {
         d.start_pass(PathBuf::new(), true, now);
     }
@@ -138,6 +155,8 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
 
     let mut draining = shutdown.is_triggered();
     let mut drain_started: Option<Instant> = None;
+    let probe_addr = transport.probe_addr();
+    let mut probe: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> = None;
     loop {
         let now = Instant::now();
         if draining && drain_started.is_none() {
@@ -158,10 +177,17 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         if draining && (!work_left || past_deadline) && busy == 0 {
             break;
         }
+        if probe.is_none() && d.health.probe_due(now) {
+            if let Some((host, port)) = probe_addr.clone() {
+                d.health.probing(now);
+                probe = Some(Box::pin(tcp_probe(host, port)));
+            }
+        }
         let wake = d.next_wake(now, draining, deadline);
         let wants_piece = d.wants_piece();
         let event = tokio::select! {
             Some(res) = result_rx.recv() => Event::Result(res),
+            ok = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => Event::Probe(ok),
             piece = next_piece(&mut d.pass), if wants_piece => Event::Piece(piece),
             Some(ended) = shards.join_next() => match ended {
                 Ok(shard) => Event::ShardEnded(shard, "it returned".into()),
@@ -173,6 +199,12 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         };
         match event {
             Event::Result(res) => d.finish(res),
+            Event::Probe(ok) => {
+                probe = None;
+                if ok {
+                    d.health.probe_ok(Instant::now());
+                }
+            }
             Event::Piece(p) => d.piece_arrived(p, Instant::now()),
             Event::ShardEnded(shard, why) => return Err(PoolError::ShardDied { shard, why }),
             Event::Wake => {}
@@ -197,6 +229,7 @@ fn spawn_shards(
     cfg: &PoolConfig,
     transport: &Arc<dyn Transport>,
     stats: &Arc<PoolStats>,
+    index: &Option<(PathBuf, Arc<TargetState>)>,
 ) -> (
     Vec<mpsc::Sender<Batch>>,
     mpsc::Receiver<BatchResult>,
@@ -213,6 +246,7 @@ fn spawn_shards(
             transport: transport.clone(),
             results: result_tx.clone(),
             stats: stats.clone(),
+            index: index.clone(),
         };
         set.spawn(async move {
             shard_task(ctx, rx).await;
@@ -220,6 +254,15 @@ fn spawn_shards(
         });
     }
     (txs, result_rx, set)
+}
+
+/// Whether something accepts a TCP connection at `host:port` within a second.
+async fn tcp_probe(host: String, port: u16) -> bool {
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn next_piece(pass: &mut Option<passes::PassState>) -> Option<Piece> {

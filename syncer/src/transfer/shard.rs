@@ -2,7 +2,7 @@
 //! the dispatcher hands it, and sending each outcome back. [`run_invocation`] is the only place
 //! in syncer that spawns processes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{Batch, PoolStats};
-use crate::target::{Invocation, Outcome, Transport};
+use crate::state::stat::{self, Depth};
+use crate::state::{IndexUpdate, TargetState};
+use crate::target::{BatchKind, Invocation, Outcome, Transport};
 
 /// What a shard says of a batch.
 pub struct BatchResult {
@@ -40,6 +42,8 @@ pub struct ShardCtx {
     pub transport: Arc<dyn Transport>,
     pub results: mpsc::Sender<BatchResult>,
     pub stats: Arc<PoolStats>,
+    /// The target's index, kept true as batches succeed (with the source it is read from).
+    pub index: Option<(PathBuf, Arc<TargetState>)>,
 }
 
 /// Runs batches until the dispatcher closes the channel.
@@ -49,12 +53,25 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
         let paths: Vec<&Path> = batch.entries.iter().map(|t| t.path.as_ref()).collect();
         let inv = ctx.transport.sync(batch.kind, &paths);
         drop(paths);
-        ctx.stats.rsync_spawned.fetch_add(1, Ordering::Relaxed);
+        // The index learns what the source held *before* the transfer read it: if the source
+        // still shows that at the next start, the target holds at least that version.
+        let updates = match &ctx.index {
+            Some((source, _)) => Some(prestat(source, &batch).await),
+            None => None,
+        };
         let (code, stderr) = run_invocation(inv).await;
+        if code.is_ok() {
+            ctx.stats.rsync_spawned.fetch_add(1, Ordering::Relaxed);
+        }
         let outcome = match code {
             Ok(code) => ctx.transport.outcome(code),
             Err(()) => Outcome::Fatal,
         };
+        if let (true, Some((_, state)), Some(updates)) = (outcome.succeeded(), &ctx.index, updates)
+        {
+            let state = state.clone();
+            let _ = tokio::task::spawn_blocking(move || state.apply(&updates)).await;
+        }
         let res = BatchResult {
             shard: ctx.shard,
             batch,
@@ -66,6 +83,20 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
             break;
         }
     }
+}
+
+/// The index updates a batch makes true if it succeeds, read from the source now.
+async fn prestat(source: &Path, batch: &Batch) -> Vec<IndexUpdate> {
+    let depth = match batch.kind {
+        BatchKind::Plain => Depth::Entry,
+        BatchKind::Shallow => Depth::Children,
+        BatchKind::Tree => Depth::Subtree,
+    };
+    let paths: Vec<PathBuf> = batch.entries.iter().map(|t| t.path.to_path_buf()).collect();
+    let source = source.to_path_buf();
+    tokio::task::spawn_blocking(move || stat::prestat(&source, depth, &paths))
+        .await
+        .unwrap_or_default()
 }
 
 /// Most of a process's stderr kept for the log.
