@@ -20,6 +20,7 @@ mod util;
 mod bigtree;
 mod bulk;
 mod delete;
+mod durable;
 mod ebpf;
 mod errors;
 mod harness;

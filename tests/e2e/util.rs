@@ -314,6 +314,7 @@ impl RsyncDaemon {
              reverse lookup = no\n\
              forward lookup = no\n\
              max connections = 0\n\
+             log file = {}\n\
              \n\
              [mod]\n\
              \tpath = {}\n\
@@ -323,7 +324,10 @@ impl RsyncDaemon {
              \tuid = root\n\
              \tgid = root\n\
              \tuse chroot = yes\n\
-             \tmunge symlinks = no\n",
+             \tmunge symlinks = no\n\
+             \ttransfer logging = yes\n\
+             \tlog format = xfer %o %n\n",
+            log.display(),
             module.display()
         );
         write_file(&conf, text.as_bytes());
@@ -363,7 +367,6 @@ impl RsyncDaemon {
                 .arg(format!("--config={}", self.conf.display()))
                 .arg("--address=127.0.0.1")
                 .arg(format!("--port={}", self.port))
-                .arg(format!("--log-file={}", self.log.display()))
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -433,6 +436,17 @@ impl RsyncDaemon {
     }
 
     /// How many client connections the daemon has logged so far.
+    /// The files the daemon has received so far (from its transfer log), in order.
+    pub fn received(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                l.split_once(" xfer recv ")
+                    .map(|(_, name)| name.to_string())
+            })
+            .collect()
+    }
+
     pub fn connections(&self) -> usize {
         self.log()
             .lines()
@@ -659,6 +673,16 @@ impl Syncer {
 
     /// Sends `signal` (SIGTERM or SIGINT) and asserts a clean exit (status 0) within
     /// [`EXIT_TIMEOUT`]. Returns the log.
+    /// SIGKILL, as a crash would: no drain, nothing asserted about the exit.
+    pub fn kill(mut self) -> String {
+        let _ = kill(self.pid(), Signal::SIGKILL);
+        let _ = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.log()
+    }
+
     pub fn stop_with(mut self, signal: Signal) -> String {
         self.assert_running("before it was asked to stop");
         if self.paused {

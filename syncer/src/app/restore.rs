@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use super::RunError;
 use crate::config::Config;
-use crate::queue::DedupMap;
+use crate::queue::{DedupMap, Op};
 use crate::state::catchup::{self, Compared};
 use crate::state::{State, StateError, TargetState};
 use crate::transfer::CatchUp;
@@ -59,8 +59,19 @@ pub fn open(cfg: &Config) -> Result<(State, Vec<Planned>), RunError> {
             }
         };
         let now = Instant::now();
+        // A transfer in flight when syncer died (or was still queued at its exit) may have left
+        // a receiver's temporary file on the target, which neither the source nor the index
+        // knows: each directory that had one gets a shallow pass with --delete. (Subtree and
+        // shallow entries clean up their own directories.)
+        let mut dirs = std::collections::BTreeSet::new();
         for (path, op, is_dir) in &pending {
             map.restore(path, *op, *is_dir, now);
+            if matches!(op, Op::Update | Op::Delete) {
+                dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
+            }
+        }
+        for dir in dirs {
+            map.schedule(&dir, Op::Shallow, now + std::time::Duration::from_millis(1));
         }
         let pass = cfg.full_resync || !ts.is_complete();
         if pass && !cfg.full_resync {
@@ -83,7 +94,17 @@ pub fn walk(source: &Path, targets: &[Compared]) {
         return;
     }
     let t0 = Instant::now();
-    match catchup::catch_up(source, targets, WALK_THREADS) {
+    // A store that panics on a damaged file is a damaged index, not a dead walk.
+    let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        catchup::catch_up(source, targets, WALK_THREADS)
+    }))
+    .unwrap_or_else(|_| {
+        Err(StateError::Damaged {
+            dir: PathBuf::from("(the state)"),
+            why: "reading the index panicked".into(),
+        })
+    });
+    match walked {
         Ok(r) => {
             for (t, n) in targets.iter().zip(&r.changes) {
                 info!(

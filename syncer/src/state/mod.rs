@@ -33,7 +33,7 @@ use std::time::Duration;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tracing::{debug, warn};
 
-pub use self::target::{IndexUpdate, TargetState};
+pub use self::target::{Failure, IndexUpdate, TargetState};
 
 /// How often writes are made durable (the group commit).
 pub const SYNC_EVERY: Duration = Duration::from_millis(100);
@@ -184,6 +184,7 @@ impl State {
             dir: self.dir.clone(),
             index: ks("index")?,
             journal: ks("journal")?,
+            failures: ks("failures")?,
             meta: self.meta.clone(),
             complete_key: format!("complete-{id}"),
             writer: self.writer.clone(),

@@ -17,9 +17,27 @@ pub struct TargetState {
     pub(super) dir: PathBuf,
     pub(super) index: Keyspace,
     pub(super) journal: Keyspace,
+    pub(super) failures: Keyspace,
     pub(super) meta: Keyspace,
     pub(super) complete_key: String,
     pub(super) writer: Writer,
+}
+
+/// A path that keeps failing on this target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub path: PathBuf,
+    pub attempts: u32,
+    /// Seconds since the epoch.
+    pub first: u64,
+    pub last: u64,
+    pub reason: String,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One change to the index, applied when the transfer it describes succeeded.
@@ -223,6 +241,51 @@ impl TargetState {
             let v = m.encode(&k);
             items.push((self.index.clone(), k, Some(v)));
         }
+    }
+}
+
+impl TargetState {
+    /// Records that `path` failed again (alone in its batch), with rsync's reason.
+    pub fn failed(&self, path: &Path, attempts: u32, reason: &str) {
+        let k = journal_key(path);
+        let first = self
+            .failures
+            .get(&k)
+            .ok()
+            .flatten()
+            .and_then(|v| {
+                String::from_utf8_lossy(&v)
+                    .split('\n')
+                    .nth(1)
+                    .and_then(|f| f.parse().ok())
+            })
+            .unwrap_or_else(unix_now);
+        let v = format!("{attempts}\n{first}\n{}\n{reason}", unix_now());
+        self.send(vec![(self.failures.clone(), k, Some(v.into_bytes()))]);
+    }
+
+    /// `path` went through: no longer failing.
+    pub fn recovered(&self, path: &Path) {
+        self.send(vec![(self.failures.clone(), journal_key(path), None)]);
+    }
+
+    /// The paths failing now, with their reasons.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.failures
+            .iter()
+            .filter_map(|item| {
+                let (k, v) = item.into_inner().ok()?;
+                let text = String::from_utf8_lossy(&v).into_owned();
+                let mut it = text.splitn(4, '\n');
+                Some(Failure {
+                    path: PathBuf::from(std::ffi::OsStr::from_bytes(k.get(1..)?)),
+                    attempts: it.next()?.parse().ok()?,
+                    first: it.next()?.parse().ok()?,
+                    last: it.next()?.parse().ok()?,
+                    reason: it.next().unwrap_or_default().to_string(),
+                })
+            })
+            .collect()
     }
 }
 

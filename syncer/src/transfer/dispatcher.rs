@@ -267,6 +267,11 @@ impl Dispatcher {
                 match res.batch.origin {
                     Origin::Map => {
                         for t in &res.batch.entries {
+                            if t.pending.attempts >= 3 {
+                                if let Some(s) = &self.state {
+                                    s.recovered(&t.path);
+                                }
+                            }
                             self.map.complete(&t.path, None);
                         }
                     }
@@ -304,7 +309,21 @@ impl Dispatcher {
                     backoff.as_secs(),
                     res.stderr.trim()
                 );
-                if outcome == Outcome::Fatal {
+                // A path failing alone, again and again, is a failure of its own: recorded
+                // with rsync's reason, retried on the backoff's schedule, said every tenth time.
+                let alone = n == 1 && res.batch.origin == Origin::Map;
+                if alone && level >= 3 {
+                    let path = &res.batch.entries[0].path;
+                    if let Some(s) = &self.state {
+                        s.failed(path, level, res.reason());
+                    }
+                    self.stats
+                        .failed_paths
+                        .fetch_add(u64::from(level == 3), Ordering::Relaxed);
+                }
+                if alone && level > 3 && level % 10 != 0 {
+                    debug!(target = %self.target, "{msg}");
+                } else if outcome == Outcome::Fatal {
                     error!(target = %self.target, "{msg}");
                 } else {
                     warn!(target = %self.target, "{msg}");

@@ -46,6 +46,9 @@ pub struct PoolStats {
     /// Entries dropped without a transfer: created and removed before any transfer could have
     /// copied them, or below a directory that became a file.
     pub dropped_vanished: AtomicU64,
+    /// Paths that have failed alone three times or more (recorded in the state with rsync's
+    /// reason, and still retried).
+    pub failed_paths: AtomicU64,
 }
 
 /// How the pool runs.

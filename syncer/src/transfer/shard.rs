@@ -26,13 +26,17 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
-    /// The last line of the process's stderr: rsync's reason, for the log.
+    /// rsync's reason, for the log: its last specific complaint (`@ERROR: ...`, `rsync: ...`)
+    /// rather than the summary line (`rsync error: ... (code 23)`), else the last line.
     pub fn reason(&self) -> &str {
-        self.stderr
-            .trim()
-            .lines()
+        let lines = || self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+        lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| {
+                l.starts_with("@ERROR")
+                    || (l.starts_with("rsync: ") && !l.starts_with("rsync error:"))
+            })
+            .or_else(|| lines().next_back())
             .unwrap_or("(no message)")
     }
 }
@@ -111,6 +115,18 @@ async fn run_invocation(inv: Invocation) -> (Result<Option<i32>, ()>, String) {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // A syncer that dies (kill -9, a crash) takes its transfers with it: an orphan finishing
+    // later could write an older version over what the restarted syncer sends. The signal
+    // follows the thread that spawned the child: a runtime worker, alive as long as syncer.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -154,5 +170,38 @@ async fn run_invocation(inv: Invocation) -> (Result<Option<i32>, ()>, String) {
             Ok(None),
             format!("waiting for {}: {e}", inv.program.display()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_from_rsync() {
+        #[rustfmt::skip]
+        let table: &[(&str, &str)] = &[
+            ("rsync: [sender] send_files failed to open \"/s/x\": Permission denied (13)\nrsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1338)\n",
+             "rsync: [sender] send_files failed to open \"/s/x\": Permission denied (13)"),
+            ("@ERROR: auth failed on module dst\nrsync error: error starting client-server protocol (code 5) at main.c(1850)\n",
+             "@ERROR: auth failed on module dst"),
+            ("rsync error: timeout in data send/receive (code 30)\n", "rsync error: timeout in data send/receive (code 30)"),
+            ("", "(no message)"),
+        ];
+        for (stderr, want) in table {
+            let r = BatchResult {
+                shard: 0,
+                batch: Batch {
+                    kind: BatchKind::Plain,
+                    seq: 0,
+                    origin: super::super::Origin::Map,
+                    entries: Vec::new(),
+                },
+                outcome: Outcome::Partial,
+                stderr: stderr.to_string(),
+                elapsed: Duration::ZERO,
+            };
+            assert_eq!(r.reason(), *want);
+        }
     }
 }

@@ -1,0 +1,287 @@
+//! Durable state: what a restart costs. Every scenario restarts syncer on the same state
+//! directory and counts what the rsync daemon received (its transfer log), not time.
+//! - `restart_transfers_only_what_changed`: changes made while syncer is stopped (a rewrite
+//!   that restores mtime and size, a deleted tree, a renamed directory, new files, a chmod)
+//!   are replicated on start and nothing else is sent; a start on an up-to-date tree sends
+//!   nothing and runs no rsync at all.
+//! - `kill_9_under_load_loses_nothing`: syncer killed with SIGKILL while a writer runs a mixed
+//!   load; restarted on the same state, the trees end identical and the restart sends what
+//!   changed, not the tree.
+//! - `damaged_state_is_rebuilt`: the store's files overwritten with garbage: detected,
+//!   logged, a full pass, identical trees.
+//! - `a_second_syncer_on_the_same_state_is_refused`.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::util::*;
+
+const CATCH_UP: &str = "catch-up walk done";
+const FULL_PASS: &str = "start-up pass done";
+
+fn tree() -> TreeSpec {
+    TreeSpec {
+        max_size: 4096,
+        ..TreeSpec::new(2000)
+    }
+}
+
+/// Starts syncer on the rig, waits for its initial sync and for both targets to match.
+fn start_synced(rig: &Rig) -> Syncer {
+    let mut s = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut s);
+    s
+}
+
+#[test]
+fn restart_transfers_only_what_changed() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    let files = make_tree(&src.join("t"), &tree());
+    let first = start_synced(&rig);
+    let log = first.stop();
+    assert!(
+        log.contains(FULL_PASS),
+        "the first start builds the index with a full pass"
+    );
+
+    // While syncer is down.
+    let same = src.join("t").join(&files[10]);
+    let before = std::fs::symlink_metadata(&same).unwrap();
+    let len = before.len() as usize;
+    write_file(&same, &vec![b'Z'; len]);
+    set_mtime(&same, before_mtime(&before).0, before_mtime(&before).1);
+    let deleted_dir = src.join("t").join(files[0].parent().unwrap());
+    let deleted_count = count_files(&deleted_dir);
+    std::fs::remove_dir_all(&deleted_dir).unwrap();
+    let renamed_from = src.join("t/d1/d2");
+    let renamed_count = count_files(&renamed_from);
+    rename(&renamed_from, &src.join("t/d1/renamed"));
+    write_file(&src.join("t/new-a"), b"new a\n");
+    write_file(&src.join("t/d4/new-b"), b"new b\n");
+    let chmodded = src.join("t").join(&files[20]);
+    chmod(&chmodded, 0o600);
+
+    let mark = rig.daemon.received().len();
+    let mut second = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut second);
+    let log = second.stop();
+    assert!(
+        log.contains(CATCH_UP) && !log.contains(FULL_PASS),
+        "no full pass:\n{log}"
+    );
+    let sent: Vec<String> = rig.daemon.received()[mark..].to_vec();
+    let names: BTreeSet<&str> = sent.iter().filter_map(|p| p.rsplit('/').next()).collect();
+    let rewritten = same.file_name().unwrap().to_str().unwrap();
+    assert!(
+        names.contains(rewritten),
+        "the rewrite that kept mtime and size ({rewritten}) was not sent: {sent:?}\n{log}"
+    );
+    assert!(names.contains("new-a") && names.contains("new-b"));
+    // The renamed directory is sent again (no renames on the target yet), the rest not.
+    let most = renamed_count + 2 + 2 + 1; // + the rewrite, the chmod, and the new files
+    assert!(
+        sent.len() <= most,
+        "{} files sent after a restart, at most {most} changed ({deleted_count} deleted): {sent:?}",
+        sent.len()
+    );
+
+    // Up to date: nothing at all goes to the target.
+    let (mark, conns) = (rig.daemon.received().len(), rig.daemon.connections());
+    let mut third = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut third);
+    let log = third.stop();
+    assert!(log.contains("differences=0"), "{log}");
+    assert_eq!(
+        rig.daemon.received().len(),
+        mark,
+        "an up-to-date start sent files"
+    );
+    assert_eq!(
+        rig.daemon.connections(),
+        conns,
+        "an up-to-date start ran rsync against the daemon"
+    );
+}
+
+fn before_mtime(m: &std::fs::Metadata) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing() {
+    let Some(rig) = Rig::new() else { return };
+    make_tree(&rig.src.join("t"), &tree());
+    let first = start_synced(&rig);
+    let mut w = Churn::new(&rig.src.join("t"), 7);
+    for _ in 0..300 {
+        w.step();
+    }
+    first.kill();
+    for _ in 0..300 {
+        w.step();
+    }
+    let mark = rig.daemon.received().len();
+    let mut second = rig.start(SourceKind::Fanotify);
+    for _ in 0..300 {
+        w.step();
+    }
+    rig.assert_converges(&mut second);
+    let log = second.stop();
+    assert!(
+        !log.contains(FULL_PASS),
+        "a restart after kill -9 ran a full pass:\n{log}"
+    );
+    let sent = rig.daemon.received().len() - mark;
+    // 900 operations touch at most 900 files (the tree holds 2000 plus what the load adds).
+    assert!(
+        sent <= 900,
+        "{sent} files sent after the restart: more than the load changed"
+    );
+}
+
+/// A small deterministic mixed load on an existing tree: rewrites, creations, renames,
+/// deletions, directory renames and removals.
+struct Churn {
+    root: std::path::PathBuf,
+    rng: Rng,
+    n: usize,
+}
+
+impl Churn {
+    fn new(root: &Path, seed: u64) -> Churn {
+        Churn {
+            root: root.to_path_buf(),
+            rng: Rng::new(seed),
+            n: 0,
+        }
+    }
+
+    fn pick(&mut self, dirs: bool) -> Option<std::path::PathBuf> {
+        let mut all = Vec::new();
+        walk(&self.root, &mut all);
+        all.retain(|p: &std::path::PathBuf| p.is_dir() == dirs && p != &self.root);
+        if all.is_empty() {
+            return None;
+        }
+        Some(all.swap_remove(self.rng.below(all.len() as u64) as usize))
+    }
+
+    fn step(&mut self) {
+        self.n += 1;
+        let n = self.n;
+        match self.rng.below(20) {
+            0..=6 => {
+                if let Some(f) = self.pick(false) {
+                    let len = self.rng.below(3000) as usize;
+                    write_file(&f, &self.rng.bytes(len));
+                }
+            }
+            7..=11 => {
+                if let Some(d) = self.pick(true) {
+                    write_file(&d.join(format!("c{n}")), format!("{n}\n").as_bytes());
+                }
+            }
+            12..=14 => {
+                if let (Some(f), Some(d)) = (self.pick(false), self.pick(true)) {
+                    let _ = std::fs::rename(&f, d.join(format!("r{n}")));
+                }
+            }
+            15..=16 => {
+                if let Some(f) = self.pick(false) {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            17 => {
+                if let Some(d) = self.pick(true) {
+                    let _ = std::fs::rename(&d, d.with_file_name(format!("dr{n}")));
+                }
+            }
+            18 => {
+                if let Some(d) = self.pick(true) {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+            _ => {
+                if let Some(f) = self.pick(false) {
+                    chmod(&f, 0o600 + (n as u32 % 0o100));
+                }
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_state_is_rebuilt() {
+    let Some(rig) = Rig::new() else { return };
+    make_tree(&rig.src.join("t"), &tree());
+    start_synced(&rig).stop();
+    // Garbage over the middle of every file of the store.
+    let mut damaged = 0;
+    let mut stack = vec![rig.state_dir().join("db")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(len) = e.metadata().map(|m| m.len()) {
+                if len > 16 {
+                    use std::io::{Seek, Write};
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(0)
+                        .open(&p)
+                        .unwrap();
+                    f.seek(std::io::SeekFrom::Start(len / 3)).unwrap();
+                    f.write_all(&vec![0xA5; (len / 3) as usize]).unwrap();
+                    damaged += 1;
+                }
+            }
+        }
+    }
+    assert!(damaged > 0, "no state files to damage");
+    // Meanwhile the source changes, so the rebuilt state must be the source's.
+    write_file(&rig.src.join("t/after-damage"), b"x\n");
+    let mut s = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut s);
+    let log = s.stop();
+    assert!(
+        log.contains("damaged") || log.contains("not trusted"),
+        "the damage was not reported:\n{log}"
+    );
+    assert!(
+        log.contains(FULL_PASS),
+        "no full pass after the damage:\n{log}"
+    );
+}
+
+#[test]
+fn a_second_syncer_on_the_same_state_is_refused() {
+    let Some(rig) = Rig::new() else { return };
+    let mut first = rig.start(SourceKind::Inotify);
+    let second = rig.spawn(SourceKind::Inotify, &[]).finish(EXIT_TIMEOUT);
+    assert_eq!(second.code(), Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("in use by another syncer"),
+        "{}",
+        second.stderr
+    );
+    first.assert_running("after a second syncer was refused");
+    first.stop();
+}
