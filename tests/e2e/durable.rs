@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -284,4 +285,63 @@ fn a_second_syncer_on_the_same_state_is_refused() {
     );
     first.assert_running("after a second syncer was refused");
     first.stop();
+}
+
+#[test]
+fn daemon_down_30_s_resumes_within_seconds() {
+    let Some(mut rig) = Rig::new() else { return };
+    let mut syncer = rig.start(SourceKind::Fanotify);
+    let writer = Writer::spawn(rig.src.join("stream"), Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(1));
+    rig.daemon.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    syncer.assert_running("while its daemon target was down");
+    let back = std::time::Instant::now();
+    rig.daemon.start();
+    syncer.wait_for_log("target back up", MARKER_TIMEOUT);
+    let resumed = back.elapsed();
+    let written = writer.stop();
+    rig.assert_converges(&mut syncer);
+    for t in rig.target_dirs() {
+        assert_eq!(count_files(&t.join("stream")), written, "{}", t.display());
+    }
+    let log = syncer.stop();
+    // A generous bound (probes come every second); the bench reports the figure.
+    assert!(
+        resumed < Duration::from_secs(10),
+        "replication resumed {resumed:?} after the daemon came back"
+    );
+    assert!(
+        log.matches("target down").count() <= 2,
+        "an outage of 30 s flooded the log:\n{log}"
+    );
+}
+
+#[test]
+fn full_target_filesystem_then_space_freed() {
+    let Some(mut rig) = Rig::new() else { return };
+    // The local target on a 32 MiB filesystem, nearly filled by a file outside the target.
+    let small = LoopFs::with_size(32 << 20);
+    let filler = small.path().join("filler");
+    let target = small.mkdir("target");
+    rig.local = target.clone();
+    let mut syncer = rig.start(SourceKind::Fanotify);
+    let free = nix::sys::statvfs::statvfs(small.path()).unwrap();
+    let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
+    write_file(&filler, &vec![0u8; (avail - (2 << 20)) as usize]);
+    // 8 MiB of files: more than the 2 MiB left.
+    for i in 0..64 {
+        write_file(
+            &rig.src.join(format!("big/f{i:02}")),
+            &Rng::new(i).bytes(128 << 10),
+        );
+    }
+    syncer.wait_for_log("No space left on device", MARKER_TIMEOUT);
+    syncer.assert_running("with its target filesystem full");
+    // The daemon target is not held back by the full one.
+    assert_converges(&rig.src, rig.daemon.path(), CONVERGE_TIMEOUT);
+    std::fs::remove_file(&filler).unwrap();
+    rig.assert_converges(&mut syncer);
+    syncer.stop();
+    drop(small);
 }

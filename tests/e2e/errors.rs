@@ -394,3 +394,43 @@ fn chown_tree(root: &Path) {
         }
     }
 }
+
+#[test]
+fn unreadable_file_is_retried_while_the_rest_flows() {
+    let Some(env) = Unprivileged::new() else {
+        return;
+    };
+    let src = env.path("src");
+    make_tree(&src.join("before"), &TreeSpec::new(20));
+    chown_tree(&src);
+    let dst = env.path("dst");
+    mkdirs(&dst);
+    lchown(&dst, NOBODY, NOBODY);
+    let cmd = env.command(&format!(
+        "run --source {{src}} --target {{dst}} --source-kind inotify --delay {DELAY_MS}"
+    ));
+    let mut syncer = Syncer::spawn_command(cmd);
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    // Root's file, mode 000: nobody cannot read it.
+    let locked = src.join("before/locked");
+    write_file(&locked, b"secret until later\n");
+    chmod(&locked, 0o000);
+    make_tree(
+        &src.join("after"),
+        &TreeSpec {
+            seed: 9,
+            ..TreeSpec::new(30)
+        },
+    );
+    chown_tree(&src.join("after"));
+    // The rest goes through while the locked file keeps failing.
+    assert_converges(&src.join("after"), &dst.join("after"), CONVERGE_TIMEOUT);
+    syncer.wait_for_log("Permission denied", MARKER_TIMEOUT);
+    syncer.assert_running("with an unreadable file in the source");
+    assert!(!dst.join("before/locked").exists());
+    // Readable now: the next retry replicates it.
+    lchown(&locked, NOBODY, NOBODY);
+    chmod(&locked, 0o644);
+    assert_converges(&src, &dst, CONVERGE_TIMEOUT);
+    syncer.stop();
+}

@@ -29,6 +29,7 @@ mod names;
 mod oneshot;
 mod outage;
 mod overflow;
+mod property;
 mod relative;
 mod rename;
 mod samefs;

@@ -53,6 +53,7 @@ impl Pools {
                     source: cfg.source.clone(),
                     shards: cfg.shards,
                     batch_max: cfg.batch_max,
+                    can_probe: target.probe_addr().is_some(),
                     drain_timeout: cfg.drain_timeout,
                     initial_sync: initial_sync && plan.pass,
                     finish_pass_on_drain,

@@ -98,8 +98,19 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     let mut budget = RestartBudget::default();
     let mut fatal = None;
+    let mut verify = cfg.verify_interval.map(|every| {
+        let mut t = tokio::time::interval_at((Instant::now() + every).into(), every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    });
+    let mut verifying: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
+            _ = tick(&mut verify) => {
+                if verifying.as_ref().is_none_or(|v| v.is_finished()) {
+                    verifying = Some(spawn_verify(&cfg, &planned));
+                }
+            }
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
             _ = &mut initial, if !initial_reported => {
@@ -138,6 +149,33 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         Some(e) => Err(e),
         None => drained,
     }
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The periodic verify: a catch-up walk against every complete index.
+fn spawn_verify(cfg: &Config, planned: &[restore::Planned]) -> tokio::task::JoinHandle<()> {
+    let targets: Vec<Compared> = planned
+        .iter()
+        .filter(|p| p.state.is_complete())
+        .map(|p| Compared {
+            state: p.state.clone(),
+            map: p.map.clone(),
+        })
+        .collect();
+    info!(
+        targets = targets.len(),
+        "verify: comparing the source with the index"
+    );
+    let source = cfg.source.clone();
+    tokio::task::spawn_blocking(move || restore::walk(&source, &targets))
 }
 
 async fn exited(src: &mut Option<SourceHandle>) {

@@ -53,6 +53,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Forget the state: full pass against every target, index rebuilt.
     pub full_resync: bool,
+    /// Every this long, the source is walked against each target's index and what differs
+    /// is replicated (off by default).
+    pub verify_interval: Option<Duration>,
 }
 
 /// Settings as read from the command line or the config file, before merging and validation.
@@ -75,6 +78,7 @@ pub struct Settings {
     pub ebpf_ring_kib: Option<u32>,
     pub drain_timeout_s: Option<u64>,
     pub state_dir: Option<PathBuf>,
+    pub verify_interval_s: Option<u64>,
     /// Command line only.
     #[serde(skip)]
     pub full_resync: Option<bool>,
@@ -125,6 +129,7 @@ impl Settings {
             ebpf_ring_kib: self.ebpf_ring_kib.or(lower.ebpf_ring_kib),
             drain_timeout_s: self.drain_timeout_s.or(lower.drain_timeout_s),
             state_dir: self.state_dir.or(lower.state_dir),
+            verify_interval_s: self.verify_interval_s.or(lower.verify_interval_s),
             full_resync: self.full_resync.or(lower.full_resync),
         }
     }
@@ -178,6 +183,16 @@ impl Settings {
             drain_timeout: Duration::from_secs(self.drain_timeout_s.unwrap_or(60)),
             state_dir,
             full_resync: self.full_resync.unwrap_or(false),
+            verify_interval: match self.verify_interval_s {
+                None | Some(0) => None,
+                Some(s) if s < 10 => {
+                    return invalid(
+                        "verify_interval_s",
+                        format!("{s} s: at least 10 s, or 0 for off"),
+                    )
+                }
+                Some(s) => Some(Duration::from_secs(s)),
+            },
         })
     }
 }

@@ -7,6 +7,7 @@
 //! handed back when that node changes, so a completion costs what it releases, never a scan of
 //! what waits. Live work takes a shard first; the pass always keeps one piece in flight.
 
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::batch::{self, Ready};
 use super::guard::{self, Guard, Seq};
 use super::health::{retry_backoff, Health};
+use super::links::Links;
 use super::passes::{entries_of, piece_of, PassState};
 use super::shard::BatchResult;
 use super::{Batch, CatchUp, Origin, PoolConfig, PoolError, PoolStats};
@@ -43,6 +45,7 @@ pub struct Dispatcher {
     trees_inflight: usize,
     last_tree_end: Option<Instant>,
     pub(super) health: Health,
+    links: Links,
     /// When a still-down target was last said to be down (the log says so once a minute).
     down_logged: Option<Instant>,
     pub(super) pass: Option<PassState>,
@@ -78,7 +81,8 @@ impl Dispatcher {
             next_seq: 0,
             trees_inflight: 0,
             last_tree_end: None,
-            health: Health::default(),
+            health: Health::new(cfg.can_probe),
+            links: Links::default(),
             down_logged: None,
             pass: None,
             pass_gen: 0,
@@ -144,15 +148,48 @@ impl Dispatcher {
                 continue;
             }
             let vanished = t.pending.vanished() && self.no_tree_since(t.pending.first);
+            let meta = std::fs::symlink_metadata(self.source.join(&t.path));
             // A path below a directory that was replaced by a file (or symlink) cannot exist,
             // and rsync refuses it (ENOTDIR is not a missing argument); the ancestor's own
             // transfer replaces the target's directory, children included.
-            if vanished || batch::below_a_non_directory(&self.source, &t.path) {
+            if vanished || batch::below_a_file(&meta) {
                 self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
                 self.map.complete(&t.path, None);
                 continue;
             }
+            if let Ok(m) = &meta {
+                if m.is_file() && t.pending.op == Op::Update {
+                    self.other_links(&t.path, m, now);
+                }
+            }
             self.ready.push_back(t);
+        }
+    }
+
+    /// A file with several links changed under one name: its other known names changed too.
+    fn other_links(&mut self, path: &Arc<Path>, m: &std::fs::Metadata, now: Instant) {
+        use std::os::unix::fs::MetadataExt;
+        if m.nlink() > 1 && (self.links.known(m.ino()) as u64) < m.nlink() {
+            // Names not known yet: look in the entry's directory.
+            let dir = path.parent().unwrap_or(Path::new(""));
+            if let Ok(rd) = std::fs::read_dir(self.source.join(dir)) {
+                for e in rd.flatten() {
+                    if e.ino() == m.ino() {
+                        self.links.add(Arc::from(dir.join(e.file_name())), m.ino());
+                    }
+                }
+            }
+        }
+        for other in self
+            .links
+            .seen(path, m.ino(), m.nlink(), (m.ctime(), m.ctime_nsec()))
+        {
+            match std::fs::symlink_metadata(self.source.join(&*other)) {
+                Ok(o) if o.ino() == m.ino() => {
+                    self.map.restore(&other, Op::Update, false, now);
+                }
+                _ => self.links.forget(m.ino(), &other),
+            }
         }
     }
 

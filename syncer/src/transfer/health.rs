@@ -9,9 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-/// Shortest and longest pause of a target that is down.
+/// Shortest and longest pause of a target that is down; a target that cannot be probed
+/// (a local directory) pauses at most [`UNPROBED_MAX`], so that it too resumes soon after it
+/// is back (its retries are cheap: no network, no remote process).
 const DOWN_MIN: Duration = Duration::from_millis(500);
 const DOWN_MAX: Duration = Duration::from_secs(30);
+pub const UNPROBED_MAX: Duration = Duration::from_secs(5);
 
 /// How often an unreachable target is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -26,6 +29,18 @@ pub struct Health {
     /// The last failure was "unreachable": probes may end the pause.
     probe: bool,
     next_probe: Option<Instant>,
+    /// The longest pause.
+    max: Duration,
+}
+
+impl Health {
+    /// For a target that can be probed, or not.
+    pub fn new(can_probe: bool) -> Health {
+        Health {
+            max: if can_probe { DOWN_MAX } else { UNPROBED_MAX },
+            ..Health::default()
+        }
+    }
 }
 
 impl Health {
@@ -43,7 +58,7 @@ impl Health {
     /// to 30 s; `unreachable` (nothing answered at all) lets probes end the pause. Returns the
     /// pause, and whether this began an outage.
     pub fn failed(&mut self, now: Instant, unreachable: bool) -> (Duration, bool) {
-        self.backoff = (self.backoff * 2).clamp(DOWN_MIN, DOWN_MAX);
+        self.backoff = (self.backoff * 2).clamp(DOWN_MIN, self.max.max(DOWN_MIN));
         self.down_until = Some(now + self.backoff);
         self.probe = unreachable;
         self.next_probe = unreachable.then(|| now + PROBE_EVERY);
@@ -110,7 +125,7 @@ mod tests {
             ("a success starts over", &[Some(500), Some(1000), None, Some(500)]),
         ];
         for (name, events) in table {
-            let mut h = Health::default();
+            let mut h = Health::new(true);
             let now = Instant::now();
             for (i, e) in events.iter().enumerate() {
                 match e {
@@ -139,7 +154,7 @@ mod tests {
         let t0 = Instant::now();
         let s = |x: u64| t0 + Duration::from_millis(x);
         // (event, at ms) → expectations, in order.
-        let mut h = Health::default();
+        let mut h = Health::new(true);
         for _ in 0..8 {
             h.failed(t0, true); // a long outage: the backoff is at 30 s
         }
@@ -162,6 +177,16 @@ mod tests {
         assert_eq!(h.outage(s(5000)), Some(Duration::from_secs(5)));
         assert_eq!(h.succeeded(s(6000)), Some(Duration::from_secs(6)));
         assert!(h.failed(s(7000), true).1, "a new outage");
+    }
+
+    #[test]
+    fn unprobed_targets_pause_briefly() {
+        let mut h = Health::new(false);
+        let now = Instant::now();
+        let pauses: Vec<u64> = (0..6)
+            .map(|_| h.failed(now, false).0.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [500, 1000, 2000, 4000, 5000, 5000]);
     }
 
     #[test]

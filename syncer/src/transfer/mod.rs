@@ -15,6 +15,7 @@ pub mod batch;
 pub mod dispatcher;
 pub mod guard;
 pub mod health;
+mod links;
 mod passes;
 mod shard;
 
@@ -58,6 +59,8 @@ pub struct PoolConfig {
     pub shards: usize,
     /// Most paths in one batch.
     pub batch_max: usize,
+    /// The target can be probed while down (see [`health`]).
+    pub can_probe: bool,
     pub drain_timeout: Duration,
     /// Run the start-up pass (compare the whole tree) first.
     pub initial_sync: bool,

@@ -26,12 +26,12 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
-    /// rsync's reason, for the log: its last specific complaint (`@ERROR: ...`, `rsync: ...`)
-    /// rather than the summary line (`rsync error: ... (code 23)`), else the last line.
+    /// rsync's reason, for the log: its first specific complaint (`@ERROR: ...`, `rsync: ...`:
+    /// the cause, where later ones are consequences such as a broken pipe) rather than the
+    /// summary line (`rsync error: ... (code 23)`), else the last line.
     pub fn reason(&self) -> &str {
         let lines = || self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
         lines()
-            .rev()
             .find(|l| {
                 l.starts_with("@ERROR")
                     || (l.starts_with("rsync: ") && !l.starts_with("rsync error:"))
@@ -186,6 +186,8 @@ mod tests {
             ("@ERROR: auth failed on module dst\nrsync error: error starting client-server protocol (code 5) at main.c(1850)\n",
              "@ERROR: auth failed on module dst"),
             ("rsync error: timeout in data send/receive (code 30)\n", "rsync error: timeout in data send/receive (code 30)"),
+            ("rsync: [receiver] write failed on \"/t/f\": No space left on device (28)\nrsync: [sender] write error: Broken pipe (32)\nrsync error: error in file IO (code 11)\n",
+             "rsync: [receiver] write failed on \"/t/f\": No space left on device (28)"),
             ("", "(no message)"),
         ];
         for (stderr, want) in table {

@@ -44,6 +44,29 @@ pub struct Resolver {
     capacity: usize,
 }
 
+/// Whether a failure to open a directory handle means the directory is gone. ESTALE and ENOENT
+/// say so; ENOMEM is what ext4 answers for a deleted directory whose dentry must be reconnected
+/// to the root through parents that are gone too (seen on the bench's 1 M-file tree with
+/// temporary directories removed under load): [`open_dir_handle`] retries it once, so a
+/// genuine, passing allocation failure is not taken for a deletion.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ESTALE) | Some(libc::ENOENT) | Some(libc::ENOMEM)
+    )
+}
+
+/// `open_by_handle_at`, with one retry of an ENOMEM.
+fn open_dir_handle(mount_fd: std::os::fd::RawFd, handle: &[u8]) -> io::Result<OwnedFd> {
+    match sys::open_by_handle(mount_fd, handle) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            sys::open_by_handle(mount_fd, handle)
+        }
+        r => r,
+    }
+}
+
 impl Resolver {
     /// `root` must be canonical; `mount_fd` is any descriptor on the source's filesystem.
     pub fn new(root: PathBuf, mount_fd: OwnedFd, capacity: usize) -> Resolver {
@@ -68,14 +91,12 @@ impl Resolver {
         if let Some(c) = self.by_handle.get(handle) {
             return Ok(self.resolved(c));
         }
-        let abs = match sys::open_by_handle(self.mount_fd.as_raw_fd(), handle) {
+        let abs = match open_dir_handle(self.mount_fd.as_raw_fd(), handle) {
             Ok(fd) => match sys::fd_path(&fd)? {
                 (_, false) => return Ok(Resolved::Gone),
                 (abs, true) => abs,
             },
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOENT)) => {
-                return Ok(Resolved::Gone)
-            }
+            Err(e) if gone(&e) => return Ok(Resolved::Gone),
             Err(e) => return Err(e),
         };
         if self.by_handle.len() >= self.capacity {

@@ -1,0 +1,127 @@
+//! Hard links: a write through one name changes the file under every name, but the kernel
+//! reports only the name written. The dispatcher tells [`Links`] the inode of every file entry
+//! it takes that has more than one link; when one name of such an inode changes, its other
+//! known names are changed too. While fewer names are known than the inode has links, the
+//! dispatcher looks for them in the entry's own directory (where most hard links live). A
+//! name in another directory that no event has passed through is missed by live replication;
+//! the catch-up walk (at every start, and `verify_interval_s`) compares every name's ctime,
+//! which any write moves, and repairs it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+/// Most names remembered; past it the table starts over (costing only missed pairs until the
+/// names are seen again).
+const CAPACITY: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+pub struct Links {
+    by_ino: HashMap<u64, Names>,
+    names: usize,
+}
+
+#[derive(Debug, Default)]
+struct Names {
+    paths: Vec<Arc<Path>>,
+    /// The inode's ctime when its other names were last queued: the names queued then come
+    /// back through here with the same ctime and must not queue each other again.
+    propagated: Option<(i64, i64)>,
+}
+
+impl Links {
+    /// `path` is a file with inode `ino` and `nlink` links: returns the other names remembered
+    /// for that inode (the caller checks that each still is that inode, and [`Links::forget`]s
+    /// the ones that are not).
+    ///
+    /// `ctime` is the inode's: names are queued once per change of the inode.
+    pub fn seen(
+        &mut self,
+        path: &Arc<Path>,
+        ino: u64,
+        nlink: u64,
+        ctime: (i64, i64),
+    ) -> Vec<Arc<Path>> {
+        if nlink < 2 {
+            return Vec::new();
+        }
+        if self.names >= CAPACITY {
+            self.by_ino.clear();
+            self.names = 0;
+        }
+        let names = self.by_ino.entry(ino).or_default();
+        if !names.paths.iter().any(|n| n == path) {
+            names.paths.push(path.clone());
+            self.names += 1;
+        }
+        if names.propagated == Some(ctime) {
+            return Vec::new();
+        }
+        names.propagated = Some(ctime);
+        names.paths.iter().filter(|n| *n != path).cloned().collect()
+    }
+
+    /// How many names of `ino` are known.
+    pub fn known(&self, ino: u64) -> usize {
+        self.by_ino.get(&ino).map_or(0, |n| n.paths.len())
+    }
+
+    /// Remembers `path` as a name of `ino` (found by looking, not by an event).
+    pub fn add(&mut self, path: Arc<Path>, ino: u64) {
+        let names = self.by_ino.entry(ino).or_default();
+        if !names.paths.contains(&path) {
+            names.paths.push(path);
+            self.names += 1;
+        }
+    }
+
+    /// `path` is no longer a name of `ino`.
+    pub fn forget(&mut self, ino: u64, path: &Path) {
+        if let Some(names) = self.by_ino.get_mut(&ino) {
+            let before = names.paths.len();
+            names.paths.retain(|n| n.as_ref() != path);
+            self.names -= before - names.paths.len();
+            if names.paths.is_empty() {
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_names_of_an_inode() {
+        let p = |s: &str| -> Arc<Path> { Arc::from(Path::new(s)) };
+        let names = |v: Vec<Arc<Path>>| -> Vec<String> {
+            v.iter().map(|n| n.display().to_string()).collect()
+        };
+        let mut l = Links::default();
+        let t = |n| (n, 0);
+        assert!(
+            l.seen(&p("single"), 1, 1, t(1)).is_empty(),
+            "one link: nothing kept"
+        );
+        assert!(
+            l.seen(&p("a"), 7, 2, t(1)).is_empty(),
+            "the first name seen"
+        );
+        assert_eq!(names(l.seen(&p("b"), 7, 2, t(2))), ["a"]);
+        assert!(
+            l.seen(&p("a"), 7, 2, t(2)).is_empty(),
+            "the name queued for that change does not queue b back"
+        );
+        assert_eq!(
+            names(l.seen(&p("a"), 7, 2, t(3))),
+            ["b"],
+            "a new change: not itself"
+        );
+        assert_eq!(names(l.seen(&p("c"), 7, 3, t(4))), ["a", "b"]);
+        l.forget(7, Path::new("a"));
+        assert_eq!(names(l.seen(&p("b"), 7, 2, t(5))), ["c"]);
+        assert!(l.seen(&p("x"), 8, 2, t(5)).is_empty(), "inodes are apart");
+    }
+}
