@@ -4,7 +4,8 @@
 //! directory's own attributes are ignored (the target root belongs to the rsync module).
 //!
 //! Both walks and the byte comparison run on a few threads (the top-level directories shared
-//! out among them), so that a tree of millions of files compares in seconds, not minutes.
+//! out among them; the files in inode order, in consecutive chunks), so that a tree of a
+//! million files compares in about a minute, not half an hour.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -21,6 +22,9 @@ struct Meta {
     mode: u32,
     mtime: i64,
     mtime_ns: i64,
+    /// Inode number: the byte comparison reads files in this order, which on ext4 is close to
+    /// the order of their blocks on disk.
+    ino: u64,
 }
 
 /// The outcome of one comparison.
@@ -122,6 +126,7 @@ fn walk(
 ) -> Result<()> {
     let mut stack = vec![start];
     while let Some(rel) = stack.pop() {
+        crate::sys::check_interrupt()?;
         let dir = root.join(&rel);
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -144,6 +149,7 @@ fn walk(
                 mode: m.mode(),
                 mtime: m.mtime(),
                 mtime_ns: m.mtime_nsec(),
+                ino: m.ino(),
             };
             if meta.dir {
                 if recurse {
@@ -165,7 +171,7 @@ fn bytes_differ<'a>(
     a: &'a Snapshot,
     b: &Snapshot,
 ) -> std::collections::HashSet<&'a PathBuf> {
-    let todo: Vec<&PathBuf> = a
+    let mut todo: Vec<(u64, &PathBuf)> = a
         .iter()
         .filter(|(rel, ma)| {
             !ma.dir
@@ -173,9 +179,14 @@ fn bytes_differ<'a>(
                     !mb.dir && ma.size == mb.size && ma.mode == mb.mode && ma.mtime == mb.mtime
                 })
         })
-        .map(|(rel, _)| rel)
+        .map(|(rel, ma)| (ma.ino, rel))
         .collect();
-    let chunk = todo.len().div_ceil(threads() * 4).max(1);
+    // In inode order, handed out in consecutive chunks: the reads of a tree of small files go
+    // through the image nearly sequentially (readahead helps) instead of at random (cold, on
+    // disk, a million random reads take many minutes).
+    todo.sort_unstable();
+    let todo: Vec<&PathBuf> = todo.into_iter().map(|(_, rel)| rel).collect();
+    let chunk = 256;
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|sc| {
         let handles: Vec<_> = (0..threads())
@@ -205,9 +216,20 @@ fn bytes_differ<'a>(
     })
 }
 
+/// Opens for reading without updating the access time (which would dirty every inode the
+/// comparison reads; the bench runs as root, which O_NOATIME needs).
+fn open_noatime(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(p)
+        .or_else(|_| std::fs::File::open(p))
+}
+
 fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
-    let mut fa = std::fs::File::open(a)?;
-    let mut fb = std::fs::File::open(b)?;
+    let mut fa = open_noatime(a)?;
+    let mut fb = open_noatime(b)?;
     let mut ba = vec![0u8; 256 * 1024];
     let mut bb = vec![0u8; 256 * 1024];
     loop {

@@ -157,6 +157,8 @@ pub struct LiveGenArgs {
     /// Sizes of created and rewritten files, bytes.
     pub min_size: u64,
     pub max_size: u64,
+    /// Life of a temporary directory before its `rm -r`, ms (uniform in the range).
+    pub tmp_life_ms: (u64, u64),
     pub out: PathBuf,
     pub trace: Option<PathBuf>,
 }
@@ -385,7 +387,8 @@ impl Gen<'_> {
         Ok(())
     }
 
-    /// mkdir, 2-5 files of 1-8 KB, and the `rm -r` scheduled 0.5-2 s later.
+    /// mkdir, 2-5 files of 1-8 KB, a subdirectory with 1-3 more, and the `rm -r` scheduled
+    /// `tmp_life_ms` later.
     fn tmpdir(&mut self) -> Result<()> {
         let leaf = self.b.random_leaf(&mut self.rng);
         let name = format!("x{:08}", self.b.next_dir);
@@ -396,7 +399,25 @@ impl Gen<'_> {
             .join(&self.b.leaves[leaf as usize].0)
             .join(&name);
         std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        for _ in 0..2 + self.rng.below(4) {
+        let n = 2 + self.rng.below(4);
+        self.tmp_files(leaf, &dir, n)?;
+        let sub = dir.join("s");
+        std::fs::create_dir(&sub).with_context(|| format!("mkdir {}", sub.display()))?;
+        let n = 1 + self.rng.below(3);
+        self.tmp_files(leaf, &sub, n)?;
+        let t = mono_ns();
+        let (lo, hi) = self.a.tmp_life_ms;
+        let life_ms = lo + self.rng.below(hi.saturating_sub(lo) + 1);
+        let due = t + life_ms * 1_000_000;
+        self.tmp
+            .push(TmpDir(std::cmp::Reverse(due), leaf, name.clone()));
+        self.rep.tmpdirs += 1;
+        log(&mut self.trace, t, format_args!("tmpdir {name}"));
+        Ok(())
+    }
+
+    fn tmp_files(&mut self, leaf: u32, dir: &Path, n: u64) -> Result<()> {
+        for _ in 0..n {
             let id = self.b.new_id(leaf, true);
             let size = (1024 + self.rng.below(7 * 1024)) as usize;
             let data = self.content.make(id, 0, size, &mut self.rng);
@@ -404,12 +425,6 @@ impl Gen<'_> {
             self.rep.bytes += size as u64;
             self.rep.tmp_files += 1;
         }
-        let t = mono_ns();
-        let due = t + 500_000_000 + self.rng.below(1_500_000_000);
-        self.tmp
-            .push(TmpDir(std::cmp::Reverse(due), leaf, name.clone()));
-        self.rep.tmpdirs += 1;
-        log(&mut self.trace, t, format_args!("tmpdir {name}"));
         Ok(())
     }
 
@@ -549,6 +564,19 @@ fn finish(mut g: Gen) -> Result<()> {
     Ok(())
 }
 
+/// Parses a range `LO-HI` (or one number).
+pub fn parse_range(s: &str) -> Result<(u64, u64)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (u64, u64) = (
+        a.trim().parse().with_context(|| format!("range {s:?}"))?,
+        b.trim().parse().with_context(|| format!("range {s:?}"))?,
+    );
+    if a > b {
+        bail!("range {s:?}: the low end is above the high end");
+    }
+    Ok((a, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,6 +618,7 @@ mod tests {
             seed: 5,
             min_size: 100,
             max_size: 200,
+            tmp_life_ms: (50, 500),
             out: base.join("out.json"),
             trace: None,
         };

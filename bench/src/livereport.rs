@@ -285,8 +285,8 @@ pub fn tables(s: &mut String, sec: &LiveSection, tree: Option<&TreeSection>) {
         "## Big tree under live load\n\n\
          Each tree (N files of {} in N/10 directories) is on the target already; every row \
          starts the tool on fresh copies of both images with its start-up pass, and the live load \
-         at the same moment: {} s of {} (percent; temporary directories get 2–5 files and \
-         `rm -r` 0.5–2 s later), new files of {}.{} The wait for convergence after the writer \
+         at the same moment: {} s of {} (percent; a temporary directory gets 2–5 files and a \
+         subdirectory with 1–3 more, and `rm -r` {}–{} ms later), new files of {}.{} The wait for convergence after the writer \
          stops is capped at {} s, the start-up pass at {} s. Latencies are from the operation's \
          completion to the name's arrival (or departure) on the target, split at the end of the \
          (last) start-up pass; cells show p50 / p99 / max (changes timed, never seen). One run \
@@ -298,6 +298,8 @@ pub fn tables(s: &mut String, sec: &LiveSection, tree: Option<&TreeSection>) {
         },
         o.duration_s,
         o.mix.describe(),
+        o.tmp_life_ms.0,
+        o.tmp_life_ms.1,
         if o.huge { "8–60 bytes" } else { "1–32 KB" },
         o.kill_s.map_or(String::new(), |k| format!(
             " Rows \"kill -9\": the tool gets SIGKILL {k} s after spawn and is started again at \

@@ -99,10 +99,21 @@ enum Cmd {
         min_size: u64,
         #[arg(long, default_value_t = 32768)]
         max_size: u64,
+        /// Life of a temporary directory before its `rm -r`, milliseconds.
+        #[arg(long, default_value = "500-2000")]
+        tmp_life_ms: String,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
         trace: Option<PathBuf>,
+    },
+    /// Compares two trees as the bench does (metadata; with --contents every byte too) and
+    /// prints the differences and the time it took.
+    Compare {
+        src: PathBuf,
+        tgt: PathBuf,
+        #[arg(long)]
+        contents: bool,
     },
     /// Re-renders the Markdown of a saved JSON report (after a change of the layout).
     Render {
@@ -231,6 +242,9 @@ struct LiveArgs {
     /// The live load's mix in percent, creations the rest.
     #[arg(long, default_value = LiveMix::DEFAULT)]
     live_mix: String,
+    /// Life of the load's temporary directories before their `rm -r`, ms (default 500-2000).
+    #[arg(long, default_value = "500-2000")]
+    live_tmp_life: String,
     /// Build the pristine tree images again even if matching ones are kept.
     #[arg(long)]
     live_rebuild: bool,
@@ -297,6 +311,7 @@ fn resolve_live(a: &LiveArgs, q: bool) -> Result<LiveOpts> {
         converge_cap_s: a.live_converge_cap.unwrap_or(if q { 60.0 } else { 180.0 }),
         startup_cap_s: a.live_startup_cap.unwrap_or(if q { 180.0 } else { 900.0 }),
         mix: LiveMix::parse(&a.live_mix)?,
+        tmp_life_ms: livegen::parse_range(&a.live_tmp_life)?,
         huge,
         rebuild: a.live_rebuild,
         same_uuid: a.live_same_uuid,
@@ -356,10 +371,12 @@ fn main() {
             seed,
             min_size,
             max_size,
+            tmp_life_ms,
             out,
             trace,
         }) => LiveMix::parse(&mix).and_then(|mix| {
             livegen::run_live_gen(&livegen::LiveGenArgs {
+                tmp_life_ms: livegen::parse_range(&tmp_life_ms)?,
                 dir,
                 layout: gen::TreeLayout::new(files, dirs),
                 rate,
@@ -372,6 +389,12 @@ fn main() {
                 trace,
             })
         }),
+        Some(Cmd::Compare { src, tgt, contents }) => {
+            let t0 = mono_ns();
+            compare::compare(&src, &tgt, contents).map(|d| {
+                println!("{d:#?}\ntook {:.1} s", secs(mono_ns() - t0));
+            })
+        }
         Some(Cmd::Render { json }) => report::render(&json),
         None => run_bench(cli.bench),
     };
