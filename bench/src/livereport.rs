@@ -49,12 +49,14 @@ fn baseline<'a>(sec: &'a LiveSection, s: &LiveSample) -> Option<&'a LiveSample> 
 
 /// syncer's own CPU per 1000 operations, and the part beyond the no-load row's.
 fn cpu_per_kop(sec: &LiveSection, s: &LiveSample) -> (Option<f64>, Option<f64>) {
-    let own = s.self_cpu_s.unwrap_or(s.tool_cpu_s);
+    let Some(own) = s.self_cpu_s else {
+        return (None, None);
+    };
     if s.ops == 0 {
         return (None, None);
     }
     let per = |x: f64| x * 1000.0 / s.ops as f64;
-    let base = baseline(sec, s).map(|b| b.self_cpu_s.unwrap_or(b.tool_cpu_s));
+    let base = baseline(sec, s).and_then(|b| b.self_cpu_s);
     (Some(per(own)), base.map(|b| per((own - b).max(0.0))))
 }
 
@@ -85,7 +87,11 @@ fn images(s: &mut String, sec: &LiveSection) {
             } else {
                 dur(p.uuid_s)
             },
-            opt(median(mine.iter().map(|x| x.copy_s).collect())),
+            if sec.opts.huge {
+                "moved, not copied (huge mode)".into()
+            } else {
+                opt(median(mine.iter().map(|x| x.copy_s).collect()))
+            },
             opt(median(mine.iter().map(|x| x.compare_s).collect())),
         );
     }
