@@ -81,6 +81,8 @@ pub struct Opts {
     pub name: String,
     pub seed: u64,
     pub files_per_dir: u32,
+    /// The rows "big tree under live load".
+    pub live: crate::live::LiveOpts,
 }
 
 impl Opts {
@@ -683,6 +685,7 @@ mod tests {
             name: String::new(),
             seed: 1,
             files_per_dir: 100,
+            live: Default::default(),
         };
         assert_eq!(o.ops_for(Tool::Script, RateSpec::Fixed(200.0)), 2000);
         assert_eq!(o.ops_for(Tool::Script, RateSpec::Fixed(5000.0)), 5000);

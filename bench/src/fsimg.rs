@@ -1,7 +1,8 @@
 //! The bench's filesystems: each an ext4 image (sparse file, on disk or in /dev/shm) loop-mounted
 //! at its own mount point, so that the source and the target each see only their own events.
-//! [`LoopFs`] unmounts and deletes its image when dropped; [`clean_stale`] removes what an
-//! earlier, killed bench left mounted under the work directory.
+//! [`LoopFs`] unmounts and deletes its image when dropped (unless told to keep it: the live
+//! rows' pristine tree images); [`clean_stale`] removes what an earlier, killed bench left
+//! mounted under the work directory. [`copy_image`] copies an image file sparsely.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,22 +18,63 @@ pub struct LoopFs {
     mnt: PathBuf,
     size: u64,
     inodes: Option<u64>,
+    /// Extra mkfs.ext4 arguments (e.g. `-O inline_data`).
+    mkfs_args: Vec<String>,
     mounted: bool,
+    /// Leave the image file in place when unmounted.
+    keep: bool,
 }
 
 impl LoopFs {
     /// Makes a fresh filesystem of `size` bytes (and `inodes` inodes, if given) at `img` and
     /// mounts it at `mnt`.
     pub fn create(img: &Path, mnt: &Path, size: u64, inodes: Option<u64>) -> Result<LoopFs> {
+        LoopFs::create_with(img, mnt, size, inodes, &[])
+    }
+
+    /// [`LoopFs::create`] with extra mkfs.ext4 arguments.
+    pub fn create_with(
+        img: &Path,
+        mnt: &Path,
+        size: u64,
+        inodes: Option<u64>,
+        mkfs_args: &[&str],
+    ) -> Result<LoopFs> {
         let mut fs = LoopFs {
             img: img.to_path_buf(),
             mnt: mnt.to_path_buf(),
             size,
             inodes,
+            mkfs_args: mkfs_args.iter().map(|s| s.to_string()).collect(),
             mounted: false,
+            keep: false,
         };
         fs.format_and_mount()?;
         Ok(fs)
+    }
+
+    /// Unmounts and keeps the image file (for copies of it, see [`copy_image`]).
+    pub fn unmount_keep(mut self) -> Result<PathBuf> {
+        self.keep = true;
+        self.unmount()?;
+        Ok(self.img.clone())
+    }
+
+    pub fn img(&self) -> &Path {
+        &self.img
+    }
+
+    /// Unmounts and deletes the image, leaving the mount point free for [`LoopFs::mount`].
+    pub fn release(&mut self) -> Result<()> {
+        self.unmount()
+    }
+
+    /// Mounts whatever filesystem image is now at this `LoopFs`'s image path.
+    pub fn mount(&mut self) -> Result<()> {
+        if self.mounted {
+            self.unmount()?;
+        }
+        self.mount_img()
     }
 
     pub fn path(&self) -> &Path {
@@ -76,8 +118,15 @@ impl LoopFs {
         if let Some(n) = self.inodes {
             mkfs.arg("-N").arg(n.to_string());
         }
+        mkfs.args(&self.mkfs_args);
         mkfs.arg(&self.img);
         run_cmd(&mut mkfs, Duration::from_secs(120))?;
+        self.mount_img()
+    }
+
+    fn mount_img(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.mnt)
+            .with_context(|| format!("create {}", self.mnt.display()))?;
         // noinit_itable: the image is sparse (reads as zeros), so the kernel need not zero the
         // inode tables in the background while the bench measures.
         run_cmd(
@@ -96,7 +145,9 @@ impl LoopFs {
             self.mounted = false;
             umount(&self.mnt)?;
         }
-        let _ = std::fs::remove_file(&self.img);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.img);
+        }
         Ok(())
     }
 }
@@ -133,6 +184,74 @@ fn umount(mnt: &Path) -> Result<()> {
     }
     eprintln!("warning: {} stayed busy; unmounted lazily", mnt.display());
     Ok(())
+}
+
+/// Reads image files sequentially (one thread each), so that their blocks are in the page
+/// cache: the loop devices then serve a walk of millions of small files from memory instead of
+/// from random reads of the disk. Returns the seconds it took.
+pub fn preread(imgs: &[&Path]) -> Result<f64> {
+    let t0 = crate::sys::mono_ns();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = imgs
+            .iter()
+            .map(|img| {
+                sc.spawn(move || -> Result<()> {
+                    let f = std::fs::File::open(img)
+                        .with_context(|| format!("open {}", img.display()))?;
+                    read_data_extents(&f)
+                })
+            })
+            .collect();
+        hs.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("preread panicked")))
+        })
+    })?;
+    Ok(crate::sys::secs(crate::sys::mono_ns() - t0))
+}
+
+/// Reads every data extent of a sparse file (SEEK_DATA/SEEK_HOLE), skipping the holes.
+fn read_data_extents(f: &std::fs::File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let fd = f.as_raw_fd();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut pos: i64 = 0;
+    loop {
+        crate::sys::check_interrupt()?;
+        // SAFETY: plain syscalls on an open descriptor.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            return Ok(()); // ENXIO: no data after pos
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { data } else { hole };
+        let mut off = data;
+        while off < end {
+            let n = ((end - off) as usize).min(buf.len());
+            let got = f.read_at(&mut buf[..n], off as u64)?;
+            if got == 0 {
+                return Ok(());
+            }
+            off += got as i64;
+        }
+        pos = end.max(data + 1);
+    }
+}
+
+/// Copies image `from` to `to` with `cp --sparse=always` (holes stay holes, and so do the zero
+/// blocks of the lazily initialised inode tables), replacing `to`.
+/// Returns the running `cp`.
+pub fn copy_image(from: &Path, to: &Path) -> Result<crate::sys::Proc> {
+    let _ = std::fs::remove_file(to);
+    crate::sys::Proc::spawn(
+        "cp",
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(from)
+            .arg(to)
+            .stdin(std::process::Stdio::null()),
+    )
 }
 
 /// Unmounts everything mounted under `work` (left by an earlier bench that was killed) and

@@ -397,26 +397,67 @@ pub struct TreeArgs {
     pub files: u64,
     pub dirs: u64,
     pub seed: u64,
+    /// File sizes in bytes, inclusive (default 512-4096; the huge tree uses tiny files that
+    /// fit in the inode with ext4's inline_data).
+    pub min_size: u64,
+    pub max_size: u64,
 }
 
-/// Runs the `tree` subcommand: `files` small files (0.5-4 KB) spread over `dirs` leaf
-/// directories under sqrt(dirs) top directories.
+/// The layout of the start-up tree, shared by `tree` (which writes it) and `live-gen` (which
+/// writes into it without reading it back): `dirs` leaf directories `tNNNN/dNNNNNN` under
+/// ceil(sqrt(dirs)) top directories, leaf d holding files [d*files/dirs, (d+1)*files/dirs).
+#[derive(Debug, Clone, Copy)]
+pub struct TreeLayout {
+    pub files: u64,
+    pub dirs: u64,
+}
+
+impl TreeLayout {
+    pub fn new(files: u64, dirs: u64) -> TreeLayout {
+        TreeLayout {
+            files,
+            dirs: dirs.max(1),
+        }
+    }
+
+    fn per_top(&self) -> u64 {
+        let tops = (self.dirs as f64).sqrt().ceil().max(1.0) as u64;
+        self.dirs.div_ceil(tops)
+    }
+
+    /// The top directory (`tNNNN`) of leaf `d`.
+    pub fn top(&self, d: u64) -> PathBuf {
+        PathBuf::from(format!("t{:04}", d / self.per_top()))
+    }
+
+    /// Leaf `d`'s path relative to the root.
+    pub fn leaf(&self, d: u64) -> PathBuf {
+        self.top(d).join(format!("d{d:06}"))
+    }
+
+    /// The file ids in leaf `d`.
+    pub fn files_of(&self, d: u64) -> std::ops::Range<u64> {
+        d * self.files / self.dirs..(d + 1) * self.files / self.dirs
+    }
+}
+
+/// Runs the `tree` subcommand: `files` small files spread over `dirs` leaf directories under
+/// sqrt(dirs) top directories ([`TreeLayout`]).
 pub fn run_tree(a: &TreeArgs) -> Result<()> {
     let mut rng = Rng::new(a.seed);
     let mut content = Content::new(a.seed.wrapping_add(1));
-    let dirs = a.dirs.max(1);
-    let tops = (dirs as f64).sqrt().ceil().max(1.0) as u64;
-    let per_top = dirs.div_ceil(tops);
+    let lay = TreeLayout::new(a.files, a.dirs);
+    let dirs = lay.dirs;
+    let (lo, hi) = (a.min_size.max(8), a.max_size.max(a.min_size.max(8)));
     let t0 = mono_ns();
     let mut id = 0u64;
     for d in 0..dirs {
-        let rel = PathBuf::from(format!("t{:04}", d / per_top)).join(format!("d{d:06}"));
-        let leaf = a.dir.join(&rel);
+        let leaf = a.dir.join(lay.leaf(d));
         std::fs::create_dir_all(&leaf).with_context(|| format!("mkdir {}", leaf.display()))?;
         // Spread the files evenly: leaf d gets files [d*files/dirs, (d+1)*files/dirs).
-        let end = (d + 1) * a.files / dirs;
+        let end = lay.files_of(d).end;
         while id < end {
-            let size = 512 + rng.below(3585) as usize;
+            let size = (lo + rng.below(hi - lo + 1)) as usize;
             let data = content.make(id as u32, 0, size, &mut rng);
             write_file(&leaf.join(file_name(id as u32)), data).context("create")?;
             id += 1;

@@ -3,13 +3,17 @@
 //! line and the order of the runs; see bench/README.md for the method and the columns.
 //!
 //! Hidden subcommands are the bench re-executing itself: `gen` (the workload generator, in its
-//! own process) and `tree` (the start-up tree).
+//! own process), `tree` (the start-up tree) and `live-gen` (the live load written into a big
+//! tree).
 
 mod bench;
 mod compare;
 mod daemon;
 mod fsimg;
 mod gen;
+mod live;
+mod livegen;
+mod livereport;
 mod procmon;
 mod report;
 mod stats;
@@ -27,6 +31,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{Ctx, Opts, RateSample, RateSpec};
 use crate::gen::Mix;
+use crate::live::LiveOpts;
+use crate::livegen::LiveMix;
 use crate::report::{Meta, Report};
 use crate::sys::{mono_ns, secs};
 use crate::tools::Tool;
@@ -71,6 +77,44 @@ enum Cmd {
         #[arg(long)]
         trace: Option<PathBuf>,
     },
+    /// Internal: the live load, written into an existing start-up tree.
+    #[command(hide = true)]
+    LiveGen {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The tree's files and directories (its layout is computed, not read).
+        #[arg(long)]
+        files: u64,
+        #[arg(long)]
+        dirs: u64,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        duration_s: f64,
+        #[arg(long, default_value = LiveMix::DEFAULT)]
+        mix: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1024)]
+        min_size: u64,
+        #[arg(long, default_value_t = 32768)]
+        max_size: u64,
+        /// Life of a temporary directory before its `rm -r`, milliseconds.
+        #[arg(long, default_value = "500-2000")]
+        tmp_life_ms: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Compares two trees as the bench does (metadata; with --contents every byte too) and
+    /// prints the differences and the time it took.
+    Compare {
+        src: PathBuf,
+        tgt: PathBuf,
+        #[arg(long)]
+        contents: bool,
+    },
     /// Re-renders the Markdown of a saved JSON report (after a change of the layout).
     Render {
         /// The JSON report, e.g. bench/results/latest.json.
@@ -87,6 +131,12 @@ enum Cmd {
         dirs: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Smallest file, bytes.
+        #[arg(long, default_value_t = 512)]
+        min_size: u64,
+        /// Largest file, bytes.
+        #[arg(long, default_value_t = 4096)]
+        max_size: u64,
     },
 }
 
@@ -155,6 +205,117 @@ struct BenchArgs {
     /// Files per leaf directory.
     #[arg(long, default_value_t = 100)]
     files_per_dir: u32,
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
+/// The rows "big tree under live load" (see bench/README.md).
+#[derive(Args)]
+struct LiveArgs {
+    /// Skip the live-load rows.
+    #[arg(long)]
+    no_live: bool,
+    /// Tree sizes in files, directories = files / 10 (default 10000,1000000; quick 100000).
+    #[arg(long)]
+    live_trees: Option<String>,
+    /// syncer's rates in operations/s, 0 = no load (default 0,500,1000,2000; quick 0,500).
+    #[arg(long)]
+    live_rates: Option<String>,
+    /// The other tools' rates (default 0,500; `none` for no rows).
+    #[arg(long)]
+    live_peer_rates: Option<String>,
+    /// Tools (default syncer-fanotify,lsyncd-d1; quick syncer-fanotify).
+    #[arg(long)]
+    live_tools: Option<String>,
+    /// Seconds of writing per row (default 30; quick 15).
+    #[arg(long)]
+    live_duration: Option<f64>,
+    /// Seconds after spawn of the kill -9 + restart rows; 0 = no such rows (default 6).
+    #[arg(long)]
+    live_kill: Option<f64>,
+    /// Longest wait for convergence after the writer stops (default 180; quick 60).
+    #[arg(long)]
+    live_converge_cap: Option<f64>,
+    /// Longest wait for the start-up pass, from the (re)spawn (default 900; quick 180).
+    #[arg(long)]
+    live_startup_cap: Option<f64>,
+    /// The live load's mix in percent, creations the rest.
+    #[arg(long, default_value = LiveMix::DEFAULT)]
+    live_mix: String,
+    /// Life of the load's temporary directories before their `rm -r`, ms (default 500-2000).
+    #[arg(long, default_value = "500-2000")]
+    live_tmp_life: String,
+    /// Build the pristine tree images again even if matching ones are kept.
+    #[arg(long)]
+    live_rebuild: bool,
+    /// Give the target image the source's UUID (a check that this is harmless).
+    #[arg(long)]
+    live_same_uuid: bool,
+    /// Only the huge-tree run: N tiny files (ext4 inline_data) in N/10 directories, syncer at
+    /// --live-rates (default 500), results in bench/results/huge.{md,json}.
+    #[arg(long)]
+    huge_tree: Option<u64>,
+}
+
+fn list_f64(s: &str) -> Result<Vec<f64>> {
+    if s == "none" || s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f64>()
+                .with_context(|| format!("number {x:?}"))
+        })
+        .collect()
+}
+
+fn resolve_live(a: &LiveArgs, q: bool) -> Result<LiveOpts> {
+    let huge = a.huge_tree.is_some();
+    let pick = |v: &Option<String>, full: &str, quick: &str, huge_v: &str| -> String {
+        v.clone().unwrap_or_else(|| {
+            if huge {
+                huge_v.into()
+            } else if q {
+                quick.into()
+            } else {
+                full.into()
+            }
+        })
+    };
+    let trees = match a.huge_tree {
+        Some(n) => vec![n],
+        None if a.no_live => Vec::new(),
+        None => list_f64(&pick(&a.live_trees, "10000,1000000", "100000", ""))?
+            .into_iter()
+            .map(|x| x as u64)
+            .collect(),
+    };
+    let tools = pick(
+        &a.live_tools,
+        "syncer-fanotify,lsyncd-d1",
+        "syncer-fanotify",
+        "syncer-fanotify",
+    )
+    .split(',')
+    .map(Tool::parse)
+    .collect::<Result<Vec<_>>>()?;
+    let kill = a.live_kill.unwrap_or(if huge { 0.0 } else { 6.0 });
+    Ok(LiveOpts {
+        trees,
+        rates: list_f64(&pick(&a.live_rates, "0,500,1000,2000", "0,500", "500"))?,
+        peer_rates: list_f64(&pick(&a.live_peer_rates, "0,500", "0,500", "none"))?,
+        tools,
+        duration_s: a.live_duration.unwrap_or(if q { 15.0 } else { 30.0 }),
+        kill_s: (kill > 0.0).then_some(kill),
+        converge_cap_s: a.live_converge_cap.unwrap_or(if q { 60.0 } else { 180.0 }),
+        startup_cap_s: a.live_startup_cap.unwrap_or(if q { 180.0 } else { 900.0 }),
+        mix: LiveMix::parse(&a.live_mix)?,
+        tmp_life_ms: livegen::parse_range(&a.live_tmp_life)?,
+        huge,
+        rebuild: a.live_rebuild,
+        same_uuid: a.live_same_uuid,
+    })
 }
 
 fn main() {
@@ -190,12 +351,50 @@ fn main() {
             files,
             dirs,
             seed,
+            min_size,
+            max_size,
         }) => gen::run_tree(&gen::TreeArgs {
             dir,
             files,
             dirs,
             seed,
+            min_size,
+            max_size,
         }),
+        Some(Cmd::LiveGen {
+            dir,
+            files,
+            dirs,
+            rate,
+            duration_s,
+            mix,
+            seed,
+            min_size,
+            max_size,
+            tmp_life_ms,
+            out,
+            trace,
+        }) => LiveMix::parse(&mix).and_then(|mix| {
+            livegen::run_live_gen(&livegen::LiveGenArgs {
+                tmp_life_ms: livegen::parse_range(&tmp_life_ms)?,
+                dir,
+                layout: gen::TreeLayout::new(files, dirs),
+                rate,
+                duration: Duration::from_secs_f64(duration_s),
+                mix,
+                seed,
+                min_size,
+                max_size,
+                out,
+                trace,
+            })
+        }),
+        Some(Cmd::Compare { src, tgt, contents }) => {
+            let t0 = mono_ns();
+            compare::compare(&src, &tgt, contents).map(|d| {
+                println!("{d:#?}\ntook {:.1} s", secs(mono_ns() - t0));
+            })
+        }
         Some(Cmd::Render { json }) => report::render(&json),
         None => run_bench(cli.bench),
     };
@@ -207,6 +406,8 @@ fn main() {
 
 fn resolve(a: BenchArgs) -> Result<Opts> {
     let q = a.quick;
+    let live = resolve_live(&a.live, q)?;
+    let huge = live.huge;
     let syncer = match a.syncer {
         Some(p) => p,
         None => {
@@ -237,7 +438,11 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
         None => tools::ALL.to_vec(),
     };
     let duration_s = a.duration.unwrap_or(if q { 3.0 } else { 20.0 });
-    let tree_files = a.tree_files.unwrap_or(if q { 100_000 } else { 1_000_000 });
+    let tree_files = if huge {
+        0
+    } else {
+        a.tree_files.unwrap_or(if q { 100_000 } else { 1_000_000 })
+    };
     let converge_cap_s = a.converge_cap.unwrap_or(if q { 20.0 } else { 60.0 });
     let ram = a.ram;
     let work = a.work.unwrap_or_else(|| {
@@ -252,7 +457,11 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
         quick: q,
         ram,
         repeat: a.repeat.unwrap_or(if q { 1 } else { 3 }).max(1),
-        rates: if a.no_rates { Vec::new() } else { rates },
+        rates: if a.no_rates || huge {
+            Vec::new()
+        } else {
+            rates
+        },
         duration_s,
         max_files: a.max_files.unwrap_or(if q { 8_000 } else { 50_000 }),
         d15_duration_s: a.d15_duration.unwrap_or(if q { 3.0 } else { duration_s }),
@@ -270,9 +479,14 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
         out: a
             .out
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
-        name: a.name,
+        name: if huge && a.name == "latest" {
+            "huge".into()
+        } else {
+            a.name
+        },
         seed: a.seed,
         files_per_dir: a.files_per_dir,
+        live,
     })
 }
 
@@ -466,6 +680,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    let live = if o.live.trees.is_empty() {
+        None
+    } else {
+        Some(live::run(&mut ctx)?)
+    };
     drop(ctx);
     let mut summary = Vec::new();
     for &rate in &o.rates {
@@ -483,6 +702,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         summary,
         samples,
         tree,
+        live,
         notes,
         findings: Vec::new(),
     };

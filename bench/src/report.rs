@@ -82,6 +82,8 @@ pub struct Report {
     pub summary: Vec<RowSummary>,
     pub samples: Vec<RateSample>,
     pub tree: Option<TreeSection>,
+    /// The rows "big tree under live load".
+    pub live: Option<crate::live::LiveSection>,
     /// What the setup changed (tools skipped).
     pub notes: Vec<String>,
     /// What the samples show that a reader should not miss ([`auto_notes`]).
@@ -165,7 +167,7 @@ pub fn dur(s: f64) -> String {
     }
 }
 
-fn num(x: f64) -> String {
+pub fn num(x: f64) -> String {
     if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x.abs() >= 10.0 {
@@ -315,6 +317,9 @@ pub fn markdown(r: &Report) -> String {
     }
     if let Some(t) = &r.tree {
         tree_tables(&mut s, t);
+    }
+    if let Some(l) = &r.live {
+        crate::livereport::tables(&mut s, l, r.tree.as_ref());
     }
     if !r.notes.is_empty() || !r.findings.is_empty() {
         let _ = writeln!(s, "## Notes from this run\n");

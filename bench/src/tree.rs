@@ -63,14 +63,14 @@ pub struct TreeSection {
 }
 
 /// Raises fs.inotify.max_user_watches for the run if the tree needs more, restoring it after.
-struct WatchLimit {
+pub struct WatchLimit {
     old: Option<String>,
 }
 
 const WATCHES: &str = "/proc/sys/fs/inotify/max_user_watches";
 
 impl WatchLimit {
-    fn ensure(need: u64) -> WatchLimit {
+    pub fn ensure(need: u64) -> WatchLimit {
         let old = std::fs::read_to_string(WATCHES).unwrap_or_default();
         let cur: u64 = old.trim().parse().unwrap_or(0);
         if cur >= need {

@@ -1,9 +1,11 @@
 //! The arrival clock: a fanotify filesystem mark on the target filesystem
 //! (FAN_REPORT_DFID_NAME) read by one blocking thread. Every event that puts a final name in
 //! place (FAN_CREATE, FAN_MOVED_TO; rsync writes `.name.XXXXXX` and renames it) and whose name is
-//! one of the generator's unique file names is recorded with the time it was read. Any event at
-//! all (also deletions, attribute changes and directory events) moves the "last activity" time
-//! that the convergence wait uses. No polling of the tree: the thread sleeps in poll(2).
+//! one of the generator's unique file names is recorded with the time it was read; so is every
+//! event that takes one away (FAN_DELETE, FAN_MOVED_FROM), and both kinds for the directory
+//! names the live load times ([`DirName`]). Any event at all (also attribute changes) moves the
+//! "last activity" time that the convergence wait uses. No polling of the tree: the thread
+//! sleeps in poll(2).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -49,6 +51,52 @@ pub fn file_id(name: &[u8]) -> Option<u32> {
 /// The generator's name for file `id`.
 pub fn file_name(id: u32) -> String {
     format!("f{id:08}")
+}
+
+/// The directory names whose arrival and departure the live load times: the start-up tree's
+/// leaves (`d` and at least six digits) and the leaves renamed by the live load (`r` and eight
+/// digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirName {
+    Leaf,
+    Renamed,
+}
+
+const DIR_KEY_SHIFT: u32 = 40;
+
+/// The key of a directory name: apart from every file id (which are below 2^32).
+pub fn dir_key(kind: DirName, n: u64) -> u64 {
+    let tag = match kind {
+        DirName::Leaf => 1u64,
+        DirName::Renamed => 2,
+    };
+    tag << DIR_KEY_SHIFT | n
+}
+
+impl DirName {
+    pub fn of_key(key: u64) -> DirName {
+        if key >> DIR_KEY_SHIFT == 2 {
+            DirName::Renamed
+        } else {
+            DirName::Leaf
+        }
+    }
+}
+
+/// The key of a timed directory name, if `name` is one.
+pub fn dir_key_of(name: &[u8]) -> Option<u64> {
+    let (kind, digits) = match name.split_first()? {
+        (b'd', rest) if rest.len() >= 6 => (DirName::Leaf, rest),
+        (b'r', rest) if rest.len() == 8 => (DirName::Renamed, rest),
+        _ => return None,
+    };
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(dir_key(
+        kind,
+        std::str::from_utf8(digits).ok()?.parse().ok()?,
+    ))
 }
 
 /// One parsed event: its mask and the entry name of its (new) DFID_NAME record.
@@ -111,6 +159,10 @@ pub fn parse(buf: &[u8]) -> Vec<Event<'_>> {
 struct Shared {
     /// (file id, time read) for every final-name arrival of a generator file.
     arrivals: Vec<(u32, u64)>,
+    /// (key, time read) for every departure of a generator file name (FAN_DELETE,
+    /// FAN_MOVED_FROM), and the arrivals and departures of timed directory names.
+    departures: Vec<(u64, u64)>,
+    dir_arrivals: Vec<(u64, u64)>,
     /// Time of the last event of any kind.
     last_event: u64,
     events: u64,
@@ -124,9 +176,18 @@ pub struct Watcher {
     thread: Option<JoinHandle<Result<()>>>,
 }
 
+/// Arrivals and departures of every timed name (file ids and directory keys alike), as
+/// (key, time read).
+#[derive(Debug, Clone, Default)]
+pub struct Marks {
+    pub arrived: Vec<(u64, u64)>,
+    pub left: Vec<(u64, u64)>,
+}
+
 /// What the watcher saw.
 pub struct Seen {
     pub arrivals: Vec<(u32, u64)>,
+    pub marks: Marks,
     pub events: u64,
     pub overflow: bool,
 }
@@ -191,6 +252,11 @@ impl Watcher {
         self.shared.0.lock().expect("watch lock").arrivals.clone()
     }
 
+    /// A copy of the arrivals and departures so far, of files and directories.
+    pub fn marks(&self) -> Marks {
+        marks_of(&self.shared.0.lock().expect("watch lock"))
+    }
+
     /// Waits until an event newer than `after` has been read, or `timeout`.
     pub fn wait_event_after(&self, after: u64, timeout: Duration) {
         let end = mono_ns() + timeout.as_nanos() as u64;
@@ -217,6 +283,7 @@ impl Watcher {
         }
         let mut s = self.shared.0.lock().expect("watch lock");
         Ok(Seen {
+            marks: marks_of(&s),
             arrivals: std::mem::take(&mut s.arrivals),
             events: s.events,
             overflow: s.overflow,
@@ -233,9 +300,47 @@ impl Drop for Watcher {
     }
 }
 
+fn marks_of(s: &Shared) -> Marks {
+    let mut arrived: Vec<(u64, u64)> = s.arrivals.iter().map(|&(id, t)| (id as u64, t)).collect();
+    arrived.extend_from_slice(&s.dir_arrivals);
+    Marks {
+        arrived,
+        left: s.departures.clone(),
+    }
+}
+
+/// Sorts one event into `b`: (file arrivals, departures, directory arrivals).
+fn classify(ev: &Event, now: u64, b: &mut Batch) {
+    let Some(name) = ev.name else { return };
+    let dir = ev.mask & FAN_ONDIR != 0;
+    let key = if dir {
+        dir_key_of(name)
+    } else {
+        file_id(name).map(u64::from)
+    };
+    let Some(key) = key else { return };
+    if ev.mask & (FAN_CREATE | FAN_MOVED_TO) != 0 {
+        if dir {
+            b.dir_arrivals.push((key, now));
+        } else {
+            b.arrivals.push((key as u32, now));
+        }
+    }
+    if ev.mask & (FAN_DELETE | FAN_MOVED_FROM) != 0 {
+        b.departures.push((key, now));
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    arrivals: Vec<(u32, u64)>,
+    departures: Vec<(u64, u64)>,
+    dir_arrivals: Vec<(u64, u64)>,
+}
+
 fn read_loop(fd: OwnedFd, shared: &(Mutex<Shared>, Condvar), stop: &AtomicBool) -> Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut batch: Vec<(u32, u64)> = Vec::with_capacity(1024);
+    let mut batch = Batch::default();
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -269,20 +374,17 @@ fn read_loop(fd: OwnedFd, shared: &(Mutex<Shared>, Condvar), stop: &AtomicBool) 
         }
         let events = parse(&buf[..n as usize]);
         let mut overflow = false;
-        batch.clear();
         for ev in &events {
             if ev.mask & FAN_Q_OVERFLOW != 0 {
                 overflow = true;
             }
-            if ev.mask & FAN_ONDIR == 0 && ev.mask & (FAN_CREATE | FAN_MOVED_TO) != 0 {
-                if let Some(id) = ev.name.and_then(file_id) {
-                    batch.push((id, now));
-                }
-            }
+            classify(ev, now, &mut batch);
         }
         let (lock, cv) = shared;
         let mut s = lock.lock().expect("watch lock");
-        s.arrivals.extend_from_slice(&batch);
+        s.arrivals.append(&mut batch.arrivals);
+        s.departures.append(&mut batch.departures);
+        s.dir_arrivals.append(&mut batch.dir_arrivals);
         s.events += events.len() as u64;
         s.overflow |= overflow;
         if !events.is_empty() {
@@ -303,6 +405,18 @@ mod tests {
         assert_eq!(file_id(b".f00001234.Xy12ab"), None);
         assert_eq!(file_id(b"f0000123"), None);
         assert_eq!(file_id(b"d00001234"), None);
+        assert_eq!(dir_key_of(b"d000123"), Some(dir_key(DirName::Leaf, 123)));
+        assert_eq!(
+            dir_key_of(b"d1234567"),
+            Some(dir_key(DirName::Leaf, 1234567))
+        );
+        assert_eq!(dir_key_of(b"r00000007"), Some(dir_key(DirName::Renamed, 7)));
+        assert_eq!(dir_key_of(b"x00000007"), None);
+        assert_eq!(dir_key_of(b"t0001"), None);
+        assert_eq!(
+            DirName::of_key(dir_key(DirName::Renamed, 7)),
+            DirName::Renamed
+        );
     }
 
     /// A hand-built buffer in the kernel's layout: one event with a DFID_NAME record.
