@@ -185,7 +185,11 @@ pub fn start(tool: Tool, env: &Env) -> Result<Running> {
                 .arg(env.url)
                 .arg("--source-kind")
                 .arg(kind)
-                .env("RUST_LOG", syncer_log_filter());
+                .env("RUST_LOG", syncer_log_filter())
+                // Each run its own state (a restart within the run finds it again): rows
+                // never inherit another row's index.
+                .arg("--state-dir")
+                .arg(env.dir.join("syncer-state"));
             if !env.initial_sync {
                 c.arg("--no-initial-sync");
             }

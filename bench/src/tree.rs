@@ -259,11 +259,15 @@ fn sync_sample(
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = if use_syncer {
         let mut cmd = Command::new(&c.o.syncer);
+        let state = dir.join("syncer-sync-state");
+        let _ = std::fs::remove_dir_all(&state);
         cmd.arg("sync")
             .arg("--source")
             .arg(tree)
             .arg("--target")
             .arg(&url)
+            .arg("--state-dir")
+            .arg(state)
             .env("RUST_LOG", tools::syncer_log_filter());
         cmd
     } else {

@@ -673,21 +673,11 @@ impl Syncer {
 
     /// Sends `signal` (SIGTERM or SIGINT) and asserts a clean exit (status 0) within
     /// [`EXIT_TIMEOUT`]. Returns the log.
-    /// SIGKILL to syncer alone, as a crash would: no drain, nothing asserted about the exit.
-    /// Returns once its children (rsyncs, which die with it) are gone too, as a service
-    /// manager waits for a unit's processes before restarting it.
+    /// SIGKILL to syncer alone, as a crash would (its rsyncs may go on: the next syncer on
+    /// the same state stops them): no drain, nothing asserted about the exit.
     pub fn kill(mut self) -> String {
         let _ = kill(self.pid(), Signal::SIGKILL);
         let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while killpg(self.pid(), None).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "[{}] children of a killed syncer still run 10 s later",
-                self.tag
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
         for r in self.readers.drain(..) {
             let _ = r.join();
         }

@@ -45,6 +45,13 @@ pub fn open(cfg: &Config) -> Result<(State, Vec<Planned>), RunError> {
         }
         Err(e) => return Err(e.into()),
     };
+    let orphans = crate::state::kill_orphans(state.dir());
+    if orphans > 0 {
+        warn!(
+            orphans,
+            "stopped the transfers a previous syncer on this state left running"
+        );
+    }
     let mut planned = Vec::with_capacity(cfg.targets.len());
     for target in &cfg.targets {
         let ts = state.target(&target.display)?;

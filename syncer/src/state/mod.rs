@@ -11,10 +11,11 @@
 //!   started), and failures.
 //!
 //! Writes go to one writer thread (sending never blocks: the source's reader thread must not
-//! wait on the disk), which writes them to the store in batches as they come, then makes them
-//! durable (fsync) at most every [`SYNC_EVERY`]: a kill -9 loses what the writer had not yet
-//! written (milliseconds of changes), a power loss what was not yet synced; both are found
-//! again by the next start's walk against the index (see ARCHITECTURE.md). A value that fails
+//! wait on the disk), which writes them to the store in batches gathered over 10 ms, and makes
+//! them durable (fdatasync) every [`SYNC_EVERY`] while there are writes: a kill -9 loses what
+//! the writer had not yet written (milliseconds of changes), a power loss what was not yet
+//! synced; both are found again by the next start's walk against the index (see
+//! ARCHITECTURE.md). A value that fails
 //! its checksum, or a database that cannot be opened, is never trusted: the state is set aside
 //! and rebuilt by a full pass.
 
@@ -35,8 +36,50 @@ use tracing::{debug, warn};
 
 pub use self::target::{Failure, IndexUpdate, TargetState};
 
+/// The environment variable that marks a syncer's transfers with its state directory.
+pub const ORPHAN_TAG: &str = "SYNCER_STATE_OWNER";
+
+/// Stops the processes a crashed syncer on `dir` left running (its rsyncs, found by their
+/// [`ORPHAN_TAG`]): finishing later, they could write an older version over what this one
+/// sends. Called with the state's lock held, so no live syncer owns them. Returns how many.
+pub fn kill_orphans(dir: &Path) -> usize {
+    let want = format!("{ORPHAN_TAG}={}", dir.display());
+    let mine = std::process::id();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == mine {
+            continue;
+        }
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            pids.push(pid);
+        }
+    }
+    // Wait (briefly) until they are gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}/environ")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pids.len()
+}
+
 /// How often writes are made durable (the group commit).
-pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the writer gathers writes into one batch (what a kill -9 can lose at most, with
+/// the batch being written).
+const GATHER: Duration = Duration::from_millis(10);
 
 /// The identity record's version; a state written by another layout is not read.
 const SCHEMA: u32 = 1;
@@ -80,16 +123,41 @@ pub(crate) enum Write {
     Stop,
 }
 
-/// Where writes are sent; cheap to clone.
+/// Where writes are sent; cheap to clone. Senders append to a buffer and wake the writer only
+/// when the buffer was empty: however many small writes come, the writer wakes at most once
+/// per [`GATHER`] and takes them all.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    tx: std::sync::mpsc::Sender<Write>,
+    shared: Arc<(std::sync::Mutex<Buffer>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+pub(crate) struct Buffer {
+    writes: Vec<Write>,
+    closed: bool,
 }
 
 impl Writer {
+    fn new() -> Writer {
+        Writer {
+            shared: Arc::new(Default::default()),
+        }
+    }
+
     pub(crate) fn send(&self, w: Write) {
-        // The thread only ends when the state is dropped, after everything sent.
-        let _ = self.tx.send(w);
+        let (lock, cond) = &*self.shared;
+        let mut b = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.closed {
+            return; // the state is closing: everything before is written
+        }
+        let wake = b.writes.is_empty();
+        b.writes.push(w);
+        drop(b);
+        if wake {
+            cond.notify_one();
+        }
     }
 
     /// Waits until everything sent before is written and synced.
@@ -97,6 +165,48 @@ impl Writer {
         let (tx, rx) = std::sync::mpsc::channel();
         self.send(Write::Flush(tx));
         let _ = rx.recv();
+    }
+
+    /// The writer's side: waits for writes (at most `timeout` when given), then lets them
+    /// gather for [`GATHER`] unless one of them asks to be done now; `None` once closed.
+    fn take(&self, timeout: Option<Duration>) -> Option<Vec<Write>> {
+        let (lock, cond) = &*self.shared;
+        let mut b = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while b.writes.is_empty() && !b.closed {
+            match timeout {
+                Some(t) => {
+                    let (g, r) = cond
+                        .wait_timeout(b, t)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    b = g;
+                    if r.timed_out() {
+                        return Some(Vec::new());
+                    }
+                }
+                None => {
+                    b = cond
+                        .wait(b)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
+            }
+        }
+        if b.writes.is_empty() && b.closed {
+            return None;
+        }
+        let urgent = b
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::Flush(_) | Write::Stop));
+        if !urgent {
+            drop(b);
+            std::thread::sleep(GATHER);
+            b = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        Some(std::mem::take(&mut b.writes))
     }
 }
 
@@ -146,20 +256,25 @@ impl State {
                 .map_err(|e| damaged(dir, e))?,
             Err(e) => return Err(damaged(dir, e)),
         }
-        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer::new();
         let failed = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (db, failed, dir) = (db.clone(), failed.clone(), dir.to_path_buf());
+            let (db, failed, dir, w) = (
+                db.clone(),
+                failed.clone(),
+                dir.to_path_buf(),
+                writer.clone(),
+            );
             std::thread::Builder::new()
                 .name("state-writer".into())
-                .spawn(move || write_loop(&db, &rx, &failed, &dir))
+                .spawn(move || write_loop(&db, &w, &failed, &dir))
                 .map_err(io)?
         };
         Ok(State {
             dir: dir.to_path_buf(),
             db,
             meta,
-            writer: Writer { tx },
+            writer,
             thread: Some(thread),
             _lock: lock,
         })
@@ -187,6 +302,7 @@ impl State {
             failures: ks("failures")?,
             meta: self.meta.clone(),
             complete_key: format!("complete-{id}"),
+            tag: self.dir.display().to_string(),
             writer: self.writer.clone(),
         }))
     }
@@ -289,44 +405,23 @@ fn take(
     }
 }
 
-/// The writer thread: writes what comes in batches, syncs at most every [`SYNC_EVERY`] (and
-/// when asked), until every sender is gone.
-fn write_loop(
-    db: &Database,
-    rx: &std::sync::mpsc::Receiver<Write>,
-    failed: &AtomicBool,
-    dir: &Path,
-) {
+/// The writer thread: writes what comes in batches, syncs every [`SYNC_EVERY`] while there
+/// are writes (and when asked), until the state closes.
+fn write_loop(db: &Database, writer: &Writer, failed: &AtomicBool, dir: &Path) {
     let mut last_sync = std::time::Instant::now();
     let mut unsynced = false;
     loop {
         // Wait for work, but wake to sync what is written and not yet durable.
-        let first = if unsynced {
-            let left = SYNC_EVERY.saturating_sub(last_sync.elapsed());
-            match rx.recv_timeout(left) {
-                Ok(w) => Some(w),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(w) => Some(w),
-                Err(_) => break,
-            }
+        let timeout = unsynced.then(|| SYNC_EVERY.saturating_sub(last_sync.elapsed()));
+        let Some(writes) = writer.take(timeout) else {
+            break;
         };
         let mut batch = db.batch();
         let mut n = 0usize;
         let mut flushes = Vec::new();
         let mut stop = false;
-        if let Some(w) = first {
+        for w in writes {
             take(w, &mut batch, &mut n, &mut flushes, &mut stop);
-            // Everything else already waiting goes in the same batch.
-            while n < 100_000 && !stop {
-                match rx.try_recv() {
-                    Ok(w) => take(w, &mut batch, &mut n, &mut flushes, &mut stop),
-                    Err(_) => break,
-                }
-            }
         }
         if n > 0 {
             if let Err(e) = batch.commit() {
@@ -337,7 +432,7 @@ fn write_loop(
             unsynced = true;
         }
         if unsynced && (stop || !flushes.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
-            if let Err(e) = db.persist(PersistMode::SyncAll) {
+            if let Err(e) = db.persist(PersistMode::SyncData) {
                 warn!("syncing the state failed: {e}");
             } else {
                 debug!("state synced");
@@ -349,6 +444,10 @@ fn write_loop(
             let _ = reply.send(());
         }
         if stop {
+            let (lock, _) = &*writer.shared;
+            lock.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .closed = true;
             return;
         }
     }

@@ -20,6 +20,7 @@ pub struct TargetState {
     pub(super) failures: Keyspace,
     pub(super) meta: Keyspace,
     pub(super) complete_key: String,
+    pub(super) tag: String,
     pub(super) writer: Writer,
 }
 
@@ -89,6 +90,11 @@ fn decode_op(key: &[u8], v: &[u8]) -> Option<(Op, bool)> {
 }
 
 impl TargetState {
+    /// What this state's transfers carry in [`super::ORPHAN_TAG`].
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
     /// The target's name (as configured).
     pub fn name(&self) -> &str {
         &self.name

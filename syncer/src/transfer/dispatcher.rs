@@ -25,7 +25,8 @@ use super::shard::BatchResult;
 use super::{Batch, CatchUp, Origin, PoolConfig, PoolError, PoolStats};
 use crate::queue::pass::{Piece, PieceSize};
 use crate::queue::{DedupMap, Op, Taken};
-use crate::state::TargetState;
+use crate::state::meta::Meta;
+use crate::state::{IndexUpdate, TargetState};
 use crate::target::{BatchKind, Outcome, Target};
 
 /// Entries per pass piece (see [`crate::queue::pass`]); at most `batch_max` directories.
@@ -46,6 +47,8 @@ pub struct Dispatcher {
     last_tree_end: Option<Instant>,
     pub(super) health: Health,
     links: Links,
+    /// What fill_ready's lstat saw of plain entries still waiting (see [`Batch`]).
+    seen: hashbrown::HashMap<Arc<Path>, Option<Meta>>,
     /// When a still-down target was last said to be down (the log says so once a minute).
     down_logged: Option<Instant>,
     pub(super) pass: Option<PassState>,
@@ -83,6 +86,7 @@ impl Dispatcher {
             last_tree_end: None,
             health: Health::new(cfg.can_probe),
             links: Links::default(),
+            seen: hashbrown::HashMap::new(),
             down_logged: None,
             pass: None,
             pass_gen: 0,
@@ -160,6 +164,20 @@ impl Dispatcher {
             if let Ok(m) = &meta {
                 if m.is_file() && t.pending.op == Op::Update {
                     self.other_links(&t.path, m, now);
+                }
+            }
+            if self.state.is_some() && batch::kind_of(t.pending.op) == BatchKind::Plain {
+                // The certificate the index gets if the transfer succeeds (an lstat before the
+                // transfer reads the file; kept while the entry waits, which only makes it older).
+                match &meta {
+                    Ok(m) => {
+                        self.seen
+                            .insert(t.path.clone(), Some(Meta::from_metadata(m)));
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        self.seen.insert(t.path.clone(), None);
+                    }
+                    Err(_) => {}
                 }
             }
             self.ready.push_back(t);
@@ -253,11 +271,22 @@ impl Dispatcher {
                 self.trees_inflight += 1;
             }
         }
+        let seen = (kind == BatchKind::Plain && self.state.is_some()).then(|| {
+            entries
+                .iter()
+                .filter_map(|t| match self.seen.remove(&t.path) {
+                    Some(Some(m)) => Some(IndexUpdate::Put(t.path.to_path_buf(), m)),
+                    Some(None) => Some(IndexUpdate::Remove(t.path.to_path_buf())),
+                    None => None,
+                })
+                .collect()
+        });
         Batch {
             kind,
             seq,
             origin,
             entries,
+            seen,
         }
     }
 

@@ -34,7 +34,7 @@ use self::shard::{shard_task, BatchResult, ShardCtx};
 use crate::queue::pass::Piece;
 use crate::queue::{DedupMap, Taken};
 use crate::shutdown::Shutdown;
-use crate::state::TargetState;
+use crate::state::{IndexUpdate, TargetState};
 use crate::target::{BatchKind, Target, Transport};
 
 /// Counters of one target's pool.
@@ -122,6 +122,9 @@ pub struct Batch {
     seq: Seq,
     origin: Origin,
     entries: Vec<Taken>,
+    /// For a plain batch, what the dispatcher's `lstat` saw of each entry when it took it
+    /// (before the transfer reads it): the index updates its success makes true.
+    seen: Option<Vec<IndexUpdate>>,
 }
 
 enum Event {

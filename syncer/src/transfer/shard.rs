@@ -59,11 +59,13 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
         drop(paths);
         // The index learns what the source held *before* the transfer read it: if the source
         // still shows that at the next start, the target holds at least that version.
-        let updates = match &ctx.index {
-            Some((source, _)) => Some(prestat(source, &batch).await),
-            None => None,
+        let updates = match (&ctx.index, &batch.seen) {
+            (Some(_), Some(seen)) => Some(seen.clone()),
+            (Some((source, _)), None) => Some(prestat(source, &batch).await),
+            (None, _) => None,
         };
-        let (code, stderr) = run_invocation(inv).await;
+        let tag = ctx.index.as_ref().map(|(_, s)| s.tag().to_string());
+        let (code, stderr) = run_invocation(inv, tag).await;
         if code.is_ok() {
             ctx.stats.rsync_spawned.fetch_add(1, Ordering::Relaxed);
         }
@@ -97,6 +99,10 @@ async fn prestat(source: &Path, batch: &Batch) -> Vec<IndexUpdate> {
         BatchKind::Tree => Depth::Subtree,
     };
     let paths: Vec<PathBuf> = batch.entries.iter().map(|t| t.path.to_path_buf()).collect();
+    if depth == Depth::Entry {
+        // One lstat per path (microseconds each): not worth a hand-off to another thread.
+        return stat::prestat(source, depth, &paths);
+    }
     let source = source.to_path_buf();
     tokio::task::spawn_blocking(move || stat::prestat(&source, depth, &paths))
         .await
@@ -108,24 +114,17 @@ const STDERR_KEEP: usize = 8192;
 
 /// Runs one invocation: its stdin written, its stderr kept (the end of it). Returns the exit
 /// code (`None`: killed by a signal), or `Err` when it could not be started, with the reason.
-async fn run_invocation(inv: Invocation) -> (Result<Option<i32>, ()>, String) {
+async fn run_invocation(inv: Invocation, tag: Option<String>) -> (Result<Option<i32>, ()>, String) {
     let mut cmd = tokio::process::Command::new(&inv.program);
     cmd.args(&inv.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // A syncer that dies (kill -9, a crash) takes its transfers with it: an orphan finishing
-    // later could write an older version over what the restarted syncer sends. The signal
-    // follows the thread that spawned the child: a runtime worker, alive as long as syncer.
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    // Tagged, so that a syncer starting on this state after a crash can find and stop the
+    // transfers its predecessor left running (see `state::kill_orphans`).
+    if let Some(tag) = &tag {
+        cmd.env(crate::state::ORPHAN_TAG, tag);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -198,6 +197,7 @@ mod tests {
                     seq: 0,
                     origin: super::super::Origin::Map,
                     entries: Vec::new(),
+                    seen: None,
                 },
                 outcome: Outcome::Partial,
                 stderr: stderr.to_string(),
