@@ -118,7 +118,13 @@ fn harness_selftest() {
     let mut daemon = RsyncDaemon::new();
     rsync(&src, &daemon.url()).unwrap();
     assert_same_tree(&src, daemon.path());
-    assert!(daemon.connections() >= 1, "daemon log:\n{}", daemon.log());
+    assert!(
+        daemon.connections() >= 1,
+        "daemon log {}:\n{}\ndaemon output:\n{}",
+        daemon.log_path().display(),
+        daemon.log(),
+        daemon.output()
+    );
     let scratch = temp_dir("selftest");
     let local = scratch.path().join("local");
     mkdirs(&local);

@@ -432,10 +432,20 @@ impl RsyncDaemon {
 
     /// The daemon's log file contents.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
-    /// How many client connections the daemon has logged so far.
+    /// Where the daemon writes its log.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// What the daemon printed on stdout and stderr.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.dir.path().join("daemon.out")).unwrap_or_default())
+            .into_owned()
+    }
+
     /// The files the daemon has received so far (from its transfer log), in order.
     pub fn received(&self) -> Vec<String> {
         self.log()
@@ -447,6 +457,7 @@ impl RsyncDaemon {
             .collect()
     }
 
+    /// How many client connections the daemon has logged so far.
     pub fn connections(&self) -> usize {
         self.log()
             .lines()
