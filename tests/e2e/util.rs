@@ -824,6 +824,7 @@ struct Entry {
     mtime: (i64, i64),
     size: u64,
     rdev: u64,
+    nlink: u64,
     link: Option<OsString>,
 }
 
@@ -931,6 +932,7 @@ fn snapshot(root: &Path, problems: &mut Vec<String>) -> BTreeMap<Vec<u8>, Entry>
                 mtime: (md.mtime(), md.mtime_nsec()),
                 size: md.size(),
                 rdev: md.rdev(),
+                nlink: md.nlink(),
                 link,
             },
         );
@@ -981,7 +983,11 @@ pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
                 continue;
             }
         };
-        let name = show(rel);
+        // Hard links are named: an entry's other names tell where its change came through.
+        let name = match ea.nlink {
+            n if n > 1 && ea.kind != Kind::Dir => format!("{} ({n} links in A)", show(rel)),
+            _ => show(rel),
+        };
         if ea.kind != eb.kind {
             diffs.push(format!("{name}: type {:?} vs {:?}", ea.kind, eb.kind));
             continue;
