@@ -304,6 +304,7 @@ impl State {
             complete_key: format!("complete-{id}"),
             tag: self.dir.display().to_string(),
             writer: self.writer.clone(),
+            linked: Default::default(),
         }))
     }
 
@@ -353,6 +354,9 @@ fn keyspace(db: &Database, name: &str, dir: &Path) -> Result<Keyspace, StateErro
         .map_err(|e| damaged(dir, e))
 }
 
+/// How long a start waits for the state directory's lock before saying it is in use.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Takes the state directory's lock (`flock` on `lock`, which holds the holder's pid).
 fn lock(dir: &Path) -> Result<File, StateError> {
     use std::io::{Read, Seek, Write};
@@ -367,7 +371,17 @@ fn lock(dir: &Path) -> Result<File, StateError> {
             dir: dir.to_path_buf(),
             source,
         })?;
-    // SAFETY: flock on a descriptor we own.
+    // A syncer killed a moment ago may still hold it for a few milliseconds: a child it was
+    // starting (between fork and exec) has the lock's descriptor until its exec closes it.
+    // A restart right after a kill waits that out; a second syncer on the same directory
+    // still fails within LOCK_GRACE.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    // SAFETY (both calls): flock on a descriptor we own.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut holder = String::new();
         let _ = f.read_to_string(&mut holder);
