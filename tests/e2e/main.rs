@@ -23,6 +23,7 @@ mod delete;
 mod durable;
 mod ebpf;
 mod errors;
+mod hardlinks;
 mod harness;
 mod initial;
 mod names;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tracing::trace;
 
 use super::rules::{merge_retry, next_state, Op, Pending};
 use super::{Journal, JournalEntry};
@@ -145,6 +146,7 @@ impl DedupMap {
         let inflight = slot.inflight;
         let cur = slot.pending.as_ref().map(|p| (p.op, p.born));
         let (op, born) = next_state(cur, c.kind, c.is_dir, inflight);
+        trace!(path = %c.path.display(), kind = ?c.kind, dir = c.is_dir, ?op, inflight, "change");
         let before = slot.pending.as_ref().map(|p| (p.op, p.is_dir));
         let pending = match slot.pending.take() {
             Some(mut p) => {
@@ -280,6 +282,7 @@ impl DedupMap {
                 drop(slot);
                 self.slots
                     .remove_if(&path, |_, s| s.pending.is_none() && !s.inflight);
+                trace!(path = %path.display(), "covered by an ancestor's transfer");
                 covered_done.push(path.clone());
                 continue;
             }

@@ -171,6 +171,9 @@ pub fn catch_up(root: &Path, targets: &[Compared], threads: usize) -> Result<Rep
 }
 
 fn push(map: &DedupMap, changes: &[Change], count: &mut u64) {
+    for c in changes {
+        tracing::trace!(path = %c.path.display(), kind = ?c.kind, "catch-up difference");
+    }
     if !changes.is_empty() {
         map.insert_all(changes, Instant::now());
         *count += changes.len() as u64;
@@ -227,7 +230,8 @@ fn compare_dir(
     active: &[usize],
     targets: &[Compared],
 ) -> Result<DirDone, StateError> {
-    let src = match stat::read_dir(&root.join(dir)) {
+    let mut linked = Vec::new();
+    let src = match stat::read_dir_noting(&root.join(dir), &mut linked) {
         Ok(Some(e)) => e,
         // Gone since its parent was read: the parent's entry was compared already, and events
         // report what happens from here on.
@@ -247,6 +251,16 @@ fn compare_dir(
             });
         }
     };
+    if !linked.is_empty() {
+        // Source facts, the same for every target: each target's dispatcher learns them.
+        let linked: stat::Linked = linked
+            .into_iter()
+            .map(|(name, m)| (dir.join(OsStr::from_bytes(&name)), m))
+            .collect();
+        for t in targets {
+            t.state.note_links(linked.clone(), false);
+        }
+    }
     let by_name: HashMap<&[u8], &Meta> = src.iter().map(|(n, m)| (n.as_slice(), m)).collect();
     let mut descend: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
     let mut counts = Vec::new();

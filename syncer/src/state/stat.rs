@@ -17,6 +17,10 @@ use super::target::IndexUpdate;
 /// A directory's entries: names and metadata.
 pub type Entries = Vec<(Vec<u8>, Meta)>;
 
+/// Hard-linked names met while reading (files with more than one link: path and metadata),
+/// for the transfer layer's table of names that change together.
+pub type Linked = Vec<(PathBuf, Meta)>;
+
 /// How much of the tree at a path a transfer makes identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
@@ -40,6 +44,12 @@ pub fn lstat(root: &Path, rel: &Path) -> std::io::Result<Option<Meta>> {
 /// The entries of directory `abs` with their metadata (entries that vanish while it is read
 /// are left out). `Ok(None)`: the directory does not exist.
 pub fn read_dir(abs: &Path) -> std::io::Result<Option<Entries>> {
+    read_dir_noting(abs, &mut Vec::new())
+}
+
+/// [`read_dir`], adding the entries that are not directories and have more than one link
+/// to `linked` too.
+pub fn read_dir_noting(abs: &Path, linked: &mut Entries) -> std::io::Result<Option<Entries>> {
     let mut dir = match Dir::open(
         abs,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -63,7 +73,11 @@ pub fn read_dir(abs: &Path) -> std::io::Result<Option<Entries>> {
         // SAFETY: valid directory descriptor, NUL-terminated name, out-pointer to a stat.
         let r = unsafe { libc::fstatat(fd, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
         if r == 0 {
-            out.push((name.to_vec(), Meta::from_stat(&st)));
+            let m = Meta::from_stat(&st);
+            if st.st_nlink > 1 && !m.is_dir() {
+                linked.push((name.to_vec(), m));
+            }
+            out.push((name.to_vec(), m));
         } else {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ENOENT) {
@@ -76,8 +90,14 @@ pub fn read_dir(abs: &Path) -> std::io::Result<Option<Entries>> {
 
 /// The index updates that a successful transfer of `paths` (to `depth`) makes true, from the
 /// source as it is now, before the transfer reads it. Entries that cannot be read give no
-/// update (the transfer reports them).
-pub fn prestat(root: &Path, depth: Depth, paths: &[PathBuf]) -> Vec<IndexUpdate> {
+/// update (the transfer reports them). Hard-linked names met below the paths (not the paths
+/// themselves: the dispatcher stats those) are added to `linked`.
+pub fn prestat(
+    root: &Path,
+    depth: Depth,
+    paths: &[PathBuf],
+    linked: &mut Linked,
+) -> Vec<IndexUpdate> {
     let mut out = Vec::new();
     for p in paths {
         match lstat(root, p) {
@@ -86,8 +106,8 @@ pub fn prestat(root: &Path, depth: Depth, paths: &[PathBuf]) -> Vec<IndexUpdate>
                 let is_dir = m.is_dir();
                 out.push(IndexUpdate::Put(p.clone(), m));
                 match depth {
-                    Depth::Children if is_dir => children(root, p, &mut out, false),
-                    Depth::Subtree if is_dir => children(root, p, &mut out, true),
+                    Depth::Children if is_dir => children(root, p, &mut out, false, linked),
+                    Depth::Subtree if is_dir => children(root, p, &mut out, true, linked),
                     _ => {}
                 }
             }
@@ -97,12 +117,18 @@ pub fn prestat(root: &Path, depth: Depth, paths: &[PathBuf]) -> Vec<IndexUpdate>
     out
 }
 
-fn children(root: &Path, dir: &Path, out: &mut Vec<IndexUpdate>, deep: bool) {
+fn children(root: &Path, dir: &Path, out: &mut Vec<IndexUpdate>, deep: bool, linked: &mut Linked) {
     let mut stack = vec![dir.to_path_buf()];
+    let mut here = Vec::new();
     while let Some(d) = stack.pop() {
-        let Ok(Some(kids)) = read_dir(&root.join(&d)) else {
+        let Ok(Some(kids)) = read_dir_noting(&root.join(&d), &mut here) else {
+            here.clear();
             continue;
         };
+        linked.extend(
+            here.drain(..)
+                .map(|(name, m)| (d.join(OsStr::from_bytes(&name)), m)),
+        );
         if deep {
             for (name, m) in &kids {
                 if m.is_dir() {
@@ -143,26 +169,55 @@ mod tests {
                 .collect()
         };
         let p = |s: &str| vec![PathBuf::from(s)];
-        assert_eq!(show(&prestat(r, Depth::Entry, &p("d/f"))), ["put d/f File"]);
         assert_eq!(
-            show(&prestat(r, Depth::Entry, &p("d/gone"))),
+            show(&prestat(r, Depth::Entry, &p("d/f"), &mut Vec::new())),
+            ["put d/f File"]
+        );
+        assert_eq!(
+            show(&prestat(r, Depth::Entry, &p("d/gone"), &mut Vec::new())),
             ["remove d/gone"]
         );
         assert_eq!(
-            show(&prestat(r, Depth::Entry, &p("d/f/below"))),
+            show(&prestat(r, Depth::Entry, &p("d/f/below"), &mut Vec::new())),
             ["remove d/f/below"]
         );
         assert_eq!(
-            show(&prestat(r, Depth::Entry, &p("d/link"))),
+            show(&prestat(r, Depth::Entry, &p("d/link"), &mut Vec::new())),
             ["put d/link Symlink"]
         );
         assert_eq!(
-            show(&prestat(r, Depth::Children, &p("d"))),
+            show(&prestat(r, Depth::Children, &p("d"), &mut Vec::new())),
             ["put d Dir", "children d [f link sub]"]
         );
         assert_eq!(
-            show(&prestat(r, Depth::Subtree, &p("d"))),
+            show(&prestat(r, Depth::Subtree, &p("d"), &mut Vec::new())),
             ["put d Dir", "children d [f link sub]", "children d/sub [g]"]
         );
+    }
+
+    #[test]
+    fn prestat_notes_hard_linked_names_below() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("d/sub")).unwrap();
+        std::fs::write(r.join("d/one"), b"x").unwrap();
+        std::fs::write(r.join("d/alone"), b"x").unwrap();
+        std::fs::hard_link(r.join("d/one"), r.join("d/sub/two")).unwrap();
+        let ino = std::fs::metadata(r.join("d/one")).unwrap().ino();
+        let cases: &[(Depth, &[&str])] = &[
+            (Depth::Entry, &[]),
+            (Depth::Children, &["d/one"]),
+            (Depth::Subtree, &["d/one", "d/sub/two"]),
+        ];
+        for (depth, want) in cases {
+            let mut linked = Vec::new();
+            prestat(r, *depth, &[PathBuf::from("d")], &mut linked);
+            let mut got: Vec<(PathBuf, u64)> =
+                linked.into_iter().map(|(p, m)| (p, m.ino)).collect();
+            got.sort();
+            let want: Vec<(PathBuf, u64)> = want.iter().map(|p| (PathBuf::from(p), ino)).collect();
+            assert_eq!(got, want, "{depth:?}");
+        }
     }
 }

@@ -22,7 +22,18 @@ pub struct TargetState {
     pub(super) complete_key: String,
     pub(super) tag: String,
     pub(super) writer: Writer,
+    /// Hard-linked names the walks met, until the dispatcher takes them (see
+    /// [`TargetState::note_links`]).
+    pub(super) linked: std::sync::Mutex<Vec<NotedLink>>,
 }
+
+/// A hard-linked name a walk met: path, metadata, and whether a transfer that succeeds sends it
+/// as it was read (so that its other names must follow).
+pub type NotedLink = (PathBuf, Meta, bool);
+
+/// Most hard-linked names kept for the dispatcher; past it new ones are dropped (costing only
+/// pairs missed until the catch-up walk).
+const LINKED_MAX: usize = 1 << 20;
 
 /// A path that keeps failing on this target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +122,29 @@ impl TargetState {
         if !items.is_empty() {
             self.writer.send(Write::Batch(items));
         }
+    }
+
+    /// Hard-linked names (path, inode) that a walk of the source met: the dispatcher takes
+    /// them ([`TargetState::take_links`]) when a file with several links changes, so that a
+    /// name in another directory, or renamed there with its directory, is known without a walk
+    /// of its own.
+    ///
+    /// `sent`: the names are read for a transfer of what changed (a live subtree transfer,
+    /// whose covered entries the map dropped): if their inode changed since its names were last
+    /// queued, the other names are queued too. The catch-up walk's names are not (it compares
+    /// each name itself).
+    pub fn note_links(&self, names: super::stat::Linked, sent: bool) {
+        if names.is_empty() {
+            return;
+        }
+        let mut l = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        let room = LINKED_MAX.saturating_sub(l.len());
+        l.extend(names.into_iter().take(room).map(|(p, m)| (p, m, sent)));
+    }
+
+    /// The names noted since the last call.
+    pub fn take_links(&self) -> Vec<NotedLink> {
+        std::mem::take(&mut *self.linked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits until everything written so far is durable.

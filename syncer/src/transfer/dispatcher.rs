@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use super::batch::{self, Ready};
 use super::guard::{self, Guard, Seq};
@@ -151,12 +151,16 @@ impl Dispatcher {
                 self.map.complete(&t.path, None);
                 continue;
             }
+            if t.pending.op == Op::Delete && !t.pending.is_dir {
+                self.unlinked(&t.path, now);
+            }
             let vanished = t.pending.vanished() && self.no_tree_since(t.pending.first);
             let meta = std::fs::symlink_metadata(self.source.join(&t.path));
             // A path below a directory that was replaced by a file (or symlink) cannot exist,
             // and rsync refuses it (ENOTDIR is not a missing argument); the ancestor's own
             // transfer replaces the target's directory, children included.
             if vanished || batch::below_a_file(&meta) {
+                trace!(path = %t.path.display(), vanished, "dropped");
                 self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
                 self.map.complete(&t.path, None);
                 continue;
@@ -187,7 +191,11 @@ impl Dispatcher {
     /// A file with several links changed under one name: its other known names changed too.
     fn other_links(&mut self, path: &Arc<Path>, m: &std::fs::Metadata, now: Instant) {
         use std::os::unix::fs::MetadataExt;
-        if m.nlink() > 1 && (self.links.known(m.ino()) as u64) < m.nlink() {
+        if m.nlink() < 2 {
+            return;
+        }
+        self.learn_links(now);
+        if (self.links.known(m.ino()) as u64) < m.nlink() {
             // Names not known yet: look in the entry's directory.
             let dir = path.parent().unwrap_or(Path::new(""));
             if let Ok(rd) = std::fs::read_dir(self.source.join(dir)) {
@@ -198,15 +206,68 @@ impl Dispatcher {
                 }
             }
         }
-        for other in self
+        let others = self
             .links
-            .seen(path, m.ino(), m.nlink(), (m.ctime(), m.ctime_nsec()))
-        {
+            .seen(path, m.ino(), m.nlink(), (m.ctime(), m.ctime_nsec()));
+        trace!(target = %self.target, path = %path.display(), ino = m.ino(), nlink = m.nlink(), known = self.links.known(m.ino()), ctime = m.ctime_nsec(), others = others.len(), "hard-linked file changed");
+        for other in others {
             match std::fs::symlink_metadata(self.source.join(&*other)) {
                 Ok(o) if o.ino() == m.ino() => {
+                    trace!(target = %self.target, path = %path.display(), other = %other.display(), ctime = m.ctime_nsec(), "other name queued");
                     self.map.restore(&other, Op::Update, false, now);
                 }
                 _ => self.links.forget(m.ino(), &other),
+            }
+        }
+    }
+
+    /// Takes the hard-linked names the walks met (the catch-up walk, subtree transfers'
+    /// reading of what they send): names in other directories, and names that came with a
+    /// renamed directory.
+    ///
+    /// Names a live subtree transfer sent stand for changes the map folded into that transfer
+    /// (a write through a name in a directory renamed just before): their other names are
+    /// queued once per change of the inode.
+    fn learn_links(&mut self, now: Instant) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(state) = &self.state else {
+            return;
+        };
+        for (name, m, sent) in state.take_links() {
+            let name: Arc<Path> = Arc::from(name);
+            self.links.add(name.clone(), m.ino);
+            if !sent {
+                continue;
+            }
+            let ctime = (m.ctime.0, i64::from(m.ctime.1));
+            for other in self.links.seen(&name, m.ino, 2, ctime) {
+                match std::fs::symlink_metadata(self.source.join(&*other)) {
+                    Ok(o) if o.ino() == m.ino => {
+                        trace!(target = %self.target, path = %name.display(), other = %other.display(), "sent with its directory: other name queued");
+                        self.map.restore(&other, Op::Update, false, now);
+                    }
+                    _ => self.links.forget(m.ino, &other),
+                }
+            }
+        }
+    }
+
+    /// A file name went away: if it was a known name of a hard-linked inode, what changed
+    /// through it just before (a write, a chmod) shows only under the other names, which
+    /// are queued.
+    fn unlinked(&mut self, path: &Path, now: Instant) {
+        use std::os::unix::fs::MetadataExt;
+        self.learn_links(now);
+        let Some((ino, others)) = self.links.removed(path) else {
+            return;
+        };
+        for other in others {
+            match std::fs::symlink_metadata(self.source.join(&*other)) {
+                Ok(o) if o.ino() == ino => {
+                    trace!(path = %path.display(), other = %other.display(), "unlinked: other name queued");
+                    self.map.restore(&other, Op::Update, false, now)
+                }
+                _ => self.links.forget(ino, &other),
             }
         }
     }
@@ -265,6 +326,7 @@ impl Dispatcher {
         let seq = self.next_seq;
         self.next_seq += 1;
         for t in &entries {
+            trace!(target = %self.target, seq, ?kind, ?origin, path = %t.path.display(), op = ?t.pending.op, "launch");
             self.guard
                 .mark(guard::key(&t.path), seq, now, batch::reach(t.pending.op));
             if matches!(t.pending.op, Op::Tree | Op::Shallow) {
@@ -318,6 +380,7 @@ impl Dispatcher {
         self.idle.push(res.shard);
         self.land(&res.batch, now);
         let n = res.batch.entries.len();
+        trace!(target = %self.target, seq = res.batch.seq, outcome = ?res.outcome, "finished");
         match res.outcome {
             o if o.succeeded() => {
                 if let Some(outage) = self.health.succeeded(now) {
@@ -339,6 +402,9 @@ impl Dispatcher {
                                 }
                             }
                             self.map.complete(&t.path, None);
+                        }
+                        if res.batch.kind != BatchKind::Plain {
+                            self.learn_links(now);
                         }
                     }
                     Origin::Pass { gen, .. } => {

@@ -1,11 +1,12 @@
 //! Hard links: a write through one name changes the file under every name, but the kernel
 //! reports only the name written. The dispatcher tells [`Links`] the inode of every file entry
-//! it takes that has more than one link; when one name of such an inode changes, its other
-//! known names are changed too. While fewer names are known than the inode has links, the
-//! dispatcher looks for them in the entry's own directory (where most hard links live). A
-//! name in another directory that no event has passed through is missed by live replication;
-//! the catch-up walk (at every start, and `verify_interval_s`) compares every name's ctime,
-//! which any write moves, and repairs it.
+//! it takes that has more than one link, and the names the walks met (the catch-up walk,
+//! subtree transfers' pre-transfer reading); when one name of such an inode changes, or is
+//! unlinked, its other known names are changed too. While fewer names are known than the inode
+//! has links, the dispatcher looks for them in the entry's own directory (where most hard
+//! links live). A name in another directory that neither an event nor a walk has shown is
+//! missed by live replication; the catch-up walk (at every start, and `verify_interval_s`)
+//! compares every name's ctime, which any write moves, and repairs it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ const CAPACITY: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Links {
     by_ino: HashMap<u64, Names>,
-    names: usize,
+    /// The inode each known name was last seen as (so that an unlinked name, which can no
+    /// longer be looked at, still tells which inode changed).
+    by_path: HashMap<Arc<Path>, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -46,15 +49,8 @@ impl Links {
         if nlink < 2 {
             return Vec::new();
         }
-        if self.names >= CAPACITY {
-            self.by_ino.clear();
-            self.names = 0;
-        }
+        self.add(path.clone(), ino);
         let names = self.by_ino.entry(ino).or_default();
-        if !names.paths.iter().any(|n| n == path) {
-            names.paths.push(path.clone());
-            self.names += 1;
-        }
         if names.propagated == Some(ctime) {
             return Vec::new();
         }
@@ -69,23 +65,41 @@ impl Links {
 
     /// Remembers `path` as a name of `ino` (found by looking, not by an event).
     pub fn add(&mut self, path: Arc<Path>, ino: u64) {
-        let names = self.by_ino.entry(ino).or_default();
-        if !names.paths.contains(&path) {
-            names.paths.push(path);
-            self.names += 1;
+        match self.by_path.get(&path) {
+            Some(&known) if known == ino => return,
+            // The name was another inode's: it is this one's now.
+            Some(&other) => self.forget(other, &path),
+            None => {}
         }
+        if self.by_path.len() >= CAPACITY {
+            self.by_ino.clear();
+            self.by_path.clear();
+        }
+        self.by_ino.entry(ino).or_default().paths.push(path.clone());
+        self.by_path.insert(path, ino);
     }
 
     /// `path` is no longer a name of `ino`.
     pub fn forget(&mut self, ino: u64, path: &Path) {
+        if self.by_path.get(path) == Some(&ino) {
+            self.by_path.remove(path);
+        }
         if let Some(names) = self.by_ino.get_mut(&ino) {
-            let before = names.paths.len();
             names.paths.retain(|n| n.as_ref() != path);
-            self.names -= before - names.paths.len();
             if names.paths.is_empty() {
                 self.by_ino.remove(&ino);
             }
         }
+    }
+
+    /// `path` was unlinked: if it was a known name, its inode (which may have changed through
+    /// it just before) and the inode's other known names, which the caller queues.
+    pub fn removed(&mut self, path: &Path) -> Option<(u64, Vec<Arc<Path>>)> {
+        let ino = *self.by_path.get(path)?;
+        self.forget(ino, path);
+        let names = self.by_ino.get_mut(&ino)?;
+        names.propagated = None;
+        Some((ino, names.paths.clone()))
     }
 }
 
@@ -123,5 +137,18 @@ mod tests {
         l.forget(7, Path::new("a"));
         assert_eq!(names(l.seen(&p("b"), 7, 2, t(5))), ["c"]);
         assert!(l.seen(&p("x"), 8, 2, t(5)).is_empty(), "inodes are apart");
+        l.add(p("x"), 9);
+        assert_eq!(
+            l.known(8),
+            0,
+            "a name reused by another inode leaves the old one"
+        );
+        assert_eq!(
+            l.removed(Path::new("b")).map(|(i, v)| (i, names(v))),
+            Some((7, vec!["c".to_string()])),
+            "an unlinked name tells its inode's other names"
+        );
+        assert_eq!(l.known(7), 1);
+        assert!(l.removed(Path::new("nowhere")).is_none());
     }
 }

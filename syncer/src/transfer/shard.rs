@@ -61,7 +61,7 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
         // still shows that at the next start, the target holds at least that version.
         let updates = match (&ctx.index, &batch.seen) {
             (Some(_), Some(seen)) => Some(seen.clone()),
-            (Some((source, _)), None) => Some(prestat(source, &batch).await),
+            (Some((source, state)), None) => Some(prestat(source, state, &batch).await),
             (None, _) => None,
         };
         let tag = ctx.index.as_ref().map(|(_, s)| s.tag().to_string());
@@ -92,7 +92,9 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
 }
 
 /// The index updates a batch makes true if it succeeds, read from the source now.
-async fn prestat(source: &Path, batch: &Batch) -> Vec<IndexUpdate> {
+/// Hard-linked names met below the batch's paths are handed to the dispatcher through
+/// `state` ([`TargetState::note_links`]).
+async fn prestat(source: &Path, state: &Arc<TargetState>, batch: &Batch) -> Vec<IndexUpdate> {
     let depth = match batch.kind {
         BatchKind::Plain => Depth::Entry,
         BatchKind::Shallow => Depth::Children,
@@ -101,12 +103,19 @@ async fn prestat(source: &Path, batch: &Batch) -> Vec<IndexUpdate> {
     let paths: Vec<PathBuf> = batch.entries.iter().map(|t| t.path.to_path_buf()).collect();
     if depth == Depth::Entry {
         // One lstat per path (microseconds each): not worth a hand-off to another thread.
-        return stat::prestat(source, depth, &paths);
+        return stat::prestat(source, depth, &paths, &mut Vec::new());
     }
     let source = source.to_path_buf();
-    tokio::task::spawn_blocking(move || stat::prestat(&source, depth, &paths))
-        .await
-        .unwrap_or_default()
+    let state = state.clone();
+    let live = batch.origin == super::Origin::Map;
+    tokio::task::spawn_blocking(move || {
+        let mut linked = Vec::new();
+        let updates = stat::prestat(&source, depth, &paths, &mut linked);
+        state.note_links(linked, live);
+        updates
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Most of a process's stderr kept for the log.

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use self::parse::{Event, Record};
 use self::resolve::{Resolved, Resolver};
@@ -237,6 +237,13 @@ impl Reader {
                 self.resolver.forget(fid.handle);
             }
         }
+        // A file name that went away (unlinked, or renamed: the old name): its other names.
+        let name_gone = match () {
+            _ if is_dir => None,
+            _ if ev.mask & FAN_DELETE != 0 => Some(1),
+            _ if ev.mask & (FAN_MOVED_FROM | FAN_RENAME) != 0 => Some(2),
+            _ => None,
+        };
         for rec in &ev.records {
             let mask = match rec.info_type {
                 FAN_EVENT_INFO_TYPE_OLD_DFID_NAME => FAN_MOVED_FROM,
@@ -245,6 +252,60 @@ impl Reader {
                 _ => continue,
             };
             self.handle_record(rec, mask, is_dir);
+        }
+        if let Some(min_links) = name_gone {
+            self.surviving_links(ev, min_links);
+        }
+    }
+
+    /// A file name was unlinked or renamed away. If its inode has other names (it has at least
+    /// `min_links` links: 1 after an unlink, 2 after a rename), those in the name's old
+    /// directory are reported changed: what was written through the name just before shows
+    /// only under them, and the transfer layer learns them as names of the inode (a link
+    /// renamed into another directory before any transfer saw it stays paired with them).
+    /// An inode that is gone, or open but unlinked, costs one failed lookup.
+    fn surviving_links(&mut self, ev: &Event<'_>, min_links: libc::nlink_t) {
+        use std::os::unix::fs::DirEntryExt;
+        let child = ev
+            .records
+            .iter()
+            .find(|r| r.info_type == FAN_EVENT_INFO_TYPE_FID);
+        let parent = ev
+            .records
+            .iter()
+            .find(|r| r.info_type == FAN_EVENT_INFO_TYPE_OLD_DFID_NAME)
+            .or_else(|| {
+                ev.records
+                    .iter()
+                    .find(|r| r.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME)
+            });
+        let (Some(child), Some(parent)) = (child, parent) else {
+            return;
+        };
+        let Ok(fd) = self.resolver.open_handle(child.handle) else {
+            return;
+        };
+        let Ok(st) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)) else {
+            return;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < min_links {
+            return;
+        }
+        let Ok(Ok(dir)) = self.resolver.entry(parent.handle, None) else {
+            return;
+        };
+        let Ok(rd) = std::fs::read_dir(self.resolver.root().join(&dir)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.ino() == st.st_ino {
+                trace!(path = %dir.join(e.file_name()).display(), "another name of an unlinked file");
+                self.out.push(Change::new(
+                    dir.join(e.file_name()),
+                    ChangeKind::Modified,
+                    false,
+                ));
+            }
         }
     }
 
@@ -277,8 +338,12 @@ impl Reader {
     fn handle_record(&mut self, rec: &Record<'_>, mask: u64, is_dir: bool) {
         let path = match self.resolver.entry(rec.handle, rec.name) {
             Ok(Ok(p)) => p,
-            Ok(Err(Resolved::Outside)) => return,
+            Ok(Err(Resolved::Outside)) => {
+                trace!(mask, name = ?rec.name.map(String::from_utf8_lossy), "outside the source");
+                return;
+            }
             Ok(Err(_gone)) => {
+                trace!(mask, name = ?rec.name.map(String::from_utf8_lossy), "directory gone");
                 // The directory was deleted since: its own removal event (in a live parent)
                 // follows in the queue and covers this entry.
                 self.stats.stale.fetch_add(1, Ordering::Relaxed);

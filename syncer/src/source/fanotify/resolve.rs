@@ -116,6 +116,16 @@ impl Resolver {
         Ok(r)
     }
 
+    /// Opens (`O_PATH`) the object of any handle on the source's filesystem.
+    pub fn open_handle(&self, handle: &[u8]) -> io::Result<OwnedFd> {
+        sys::open_by_handle(self.mount_fd.as_raw_fd(), handle)
+    }
+
+    /// The source root (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The absolute path of the directory `handle` (resolving it if needed), if it exists.
     pub fn abs_path(&mut self, handle: &[u8]) -> io::Result<Option<Arc<Path>>> {
         if self.dir(handle)? == Resolved::Gone {
