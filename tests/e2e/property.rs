@@ -1,8 +1,7 @@
 //! A property test of the whole daemon: random sequences of tree operations (create, write,
-//! truncate, rename of files and directories, delete, mkdir, rmdir, chmod, symlink, hard link
-//! in the same directory)
+//! truncate, rename of files and directories, delete, mkdir, rmdir, chmod, symlink, hard link)
 //! with syncer killed (SIGKILL) and restarted on the same state at random points; the trees
-//! must end identical. Each seed is printed, and a failing one is replayed with
+//! must end identical, live (hard-linked names of the one documented gap: after a restart). Each seed is printed, and a failing one is replayed with
 //! `SYNCER_E2E_SEED=N cargo test -p syncer --test e2e -- property`.
 
 use std::path::{Path, PathBuf};
@@ -63,8 +62,44 @@ fn run_seed(seed: u64) {
         }
     }
     let mut s = syncer.expect("running");
+    let left = settle(&rig);
+    if !left.is_empty() {
+        // Live replication of hard links has one documented gap (ARCHITECTURE.md, hard
+        // links): a name in another directory that neither an event nor a walk has shown,
+        // written through another name (possible here: links are renamed, written through and
+        // deleted within one coalescing delay). Everything else must converge live; those
+        // names must be repaired by the catch-up walk of the next start.
+        assert!(
+            left.iter().all(|d| d.contains(" links in A)")),
+            "seed {seed}: not converged live:\n{}",
+            left.join("\n")
+        );
+        eprintln!(
+            "property: seed {seed}: {} difference(s) on hard-linked names left to the catch-up walk:\n{}",
+            left.len(),
+            left.join("\n")
+        );
+        s.stop();
+        s = rig.spawn(SourceKind::Fanotify, &[]);
+    }
     rig.assert_converges(&mut s);
     s.stop();
+}
+
+/// Waits until both targets equal the source, or 60 s; returns what still differs.
+fn settle(rig: &Rig) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let diffs: Vec<String> = rig
+            .target_dirs()
+            .iter()
+            .flat_map(|t| compare_trees(&rig.src, t))
+            .collect();
+        if diffs.is_empty() || std::time::Instant::now() > deadline {
+            return diffs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 struct Ops {
@@ -143,8 +178,8 @@ impl Ops {
                 None => Ok(()),
             },
             10 => std::os::unix::fs::symlink(format!("target{n}"), dir.join(format!("l{n}"))),
-            // A hard link beside the file: live replication follows links it can find (see
-            // ARCHITECTURE.md, hard links); links in other directories are the catch-up walk's.
+            // A hard link beside the file (renames move it elsewhere later): see the end of
+            // run_seed and ARCHITECTURE.md, hard links.
             _ => match &file {
                 Some(f) => std::fs::hard_link(f, f.with_file_name(format!("h{n}"))),
                 None => Ok(()),

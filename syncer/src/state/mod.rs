@@ -371,10 +371,10 @@ fn lock(dir: &Path) -> Result<File, StateError> {
             dir: dir.to_path_buf(),
             source,
         })?;
-    // A syncer killed a moment ago may still hold it for a few milliseconds: a child it was
-    // starting (between fork and exec) has the lock's descriptor until its exec closes it.
-    // A restart right after a kill waits that out; a second syncer on the same directory
-    // still fails within LOCK_GRACE.
+    // Seen in the property test: the lock still held for a moment after its holder was
+    // killed (-9) and reaped (a child between fork and exec would hold the descriptor until
+    // its exec closes it). A restart right after a kill waits that out; a second syncer on
+    // the same directory still fails, after LOCK_GRACE.
     let deadline = std::time::Instant::now() + LOCK_GRACE;
     // SAFETY (both calls): flock on a descriptor we own.
     while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0

@@ -7,7 +7,7 @@
 //! handed back when that node changes, so a completion costs what it releases, never a scan of
 //! what waits. Live work takes a shard first; the pass always keeps one piece in flight.
 
-use std::os::unix::fs::DirEntryExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ use crate::queue::{DedupMap, Op, Taken};
 use crate::state::meta::Meta;
 use crate::state::{IndexUpdate, TargetState};
 use crate::target::{BatchKind, Outcome, Target};
+
+/// Most entries of a directory read when looking for an inode's other names there.
+const LOOK_MAX: usize = 4096;
 
 /// Entries per pass piece (see [`crate::queue::pass`]); at most `batch_max` directories.
 const PIECE_ENTRIES: u64 = 4096;
@@ -135,6 +138,7 @@ impl Dispatcher {
         if want == 0 {
             return;
         }
+        let mut linked = Vec::new();
         for t in self.map.take_due(now, want, draining) {
             if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
                 // Overflow or lost events: compare the whole tree again; with a complete
@@ -166,8 +170,8 @@ impl Dispatcher {
                 continue;
             }
             if let Ok(m) = &meta {
-                if m.is_file() && t.pending.op == Op::Update {
-                    self.other_links(&t.path, m, now);
+                if m.is_file() && t.pending.op == Op::Update && m.nlink() > 1 {
+                    linked.push((t.path.clone(), m.clone()));
                 }
             }
             if self.state.is_some() && batch::kind_of(t.pending.op) == BatchKind::Plain {
@@ -186,26 +190,41 @@ impl Dispatcher {
             }
             self.ready.push_back(t);
         }
+        if !linked.is_empty() {
+            self.other_links(&linked, now);
+        }
     }
 
-    /// A file with several links changed under one name: its other known names changed too.
-    fn other_links(&mut self, path: &Arc<Path>, m: &std::fs::Metadata, now: Instant) {
-        use std::os::unix::fs::MetadataExt;
-        if m.nlink() < 2 {
-            return;
-        }
+    /// Files with several links changed under one name each: their other known names changed
+    /// too. Names not known yet are looked for in each entry's directory, each directory read
+    /// once per call and only its first [`LOOK_MAX`] entries (a directory of a million fresh
+    /// links costs a bounded read per batch, not one per link).
+    fn other_links(&mut self, changed: &[(Arc<Path>, std::fs::Metadata)], now: Instant) {
         self.learn_links(now);
-        if (self.links.known(m.ino()) as u64) < m.nlink() {
-            // Names not known yet: look in the entry's directory.
-            let dir = path.parent().unwrap_or(Path::new(""));
+        let mut look: hashbrown::HashMap<&Path, hashbrown::HashSet<u64>> =
+            hashbrown::HashMap::new();
+        for (path, m) in changed {
+            if (self.links.known(m.ino()) as u64) < m.nlink() {
+                let dir = path.parent().unwrap_or(Path::new(""));
+                look.entry(dir).or_default().insert(m.ino());
+            }
+        }
+        for (dir, inodes) in look {
             if let Ok(rd) = std::fs::read_dir(self.source.join(dir)) {
-                for e in rd.flatten() {
-                    if e.ino() == m.ino() {
-                        self.links.add(Arc::from(dir.join(e.file_name())), m.ino());
+                for e in rd.flatten().take(LOOK_MAX) {
+                    if inodes.contains(&e.ino()) {
+                        self.links.add(Arc::from(dir.join(e.file_name())), e.ino());
                     }
                 }
             }
         }
+        for (path, m) in changed {
+            self.propagate(path, m, now);
+        }
+    }
+
+    /// Queues the other known names of `path`'s inode, once per change of its ctime.
+    fn propagate(&mut self, path: &Arc<Path>, m: &std::fs::Metadata, now: Instant) {
         let others = self
             .links
             .seen(path, m.ino(), m.nlink(), (m.ctime(), m.ctime_nsec()));
@@ -229,7 +248,6 @@ impl Dispatcher {
     /// (a write through a name in a directory renamed just before): their other names are
     /// queued once per change of the inode.
     fn learn_links(&mut self, now: Instant) {
-        use std::os::unix::fs::MetadataExt;
         let Some(state) = &self.state else {
             return;
         };
@@ -256,7 +274,6 @@ impl Dispatcher {
     /// through it just before (a write, a chmod) shows only under the other names, which
     /// are queued.
     fn unlinked(&mut self, path: &Path, now: Instant) {
-        use std::os::unix::fs::MetadataExt;
         self.learn_links(now);
         let Some((ino, others)) = self.links.removed(path) else {
             return;

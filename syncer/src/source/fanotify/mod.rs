@@ -158,6 +158,7 @@ pub fn open_source(cfg: &SourceConfig, stats: Arc<SourceStats>) -> Result<Reader
         stats,
         buf: vec![0u8; BUF_LEN],
         out: Vec::with_capacity(1024),
+        link_lookups: Vec::new(),
     })
 }
 
@@ -168,7 +169,12 @@ pub struct Reader {
     stats: Arc<SourceStats>,
     buf: Vec<u8>,
     out: Vec<Change>,
+    /// Directories to look in for other names of inodes (see [`Reader::surviving_links`]).
+    link_lookups: Vec<(std::path::PathBuf, u64)>,
 }
+
+/// Most entries of a directory read when looking for an inode's other names there.
+const LOOK_MAX: usize = 4096;
 
 /// Read buffer size; the kernel fills it with as many whole events as fit.
 const BUF_LEN: usize = 256 * 1024;
@@ -212,6 +218,7 @@ impl Reader {
         for ev in &events {
             self.handle_event(ev);
         }
+        self.look_up_links();
     }
 
     fn handle_event(&mut self, ev: &Event<'_>) {
@@ -265,7 +272,6 @@ impl Reader {
     /// renamed into another directory before any transfer saw it stays paired with them).
     /// An inode that is gone, or open but unlinked, costs one failed lookup.
     fn surviving_links(&mut self, ev: &Event<'_>, min_links: libc::nlink_t) {
-        use std::os::unix::fs::DirEntryExt;
         let child = ev
             .records
             .iter()
@@ -294,17 +300,33 @@ impl Reader {
         let Ok(Ok(dir)) = self.resolver.entry(parent.handle, None) else {
             return;
         };
-        let Ok(rd) = std::fs::read_dir(self.resolver.root().join(&dir)) else {
+        self.link_lookups.push((dir, st.st_ino));
+    }
+
+    /// Reports the names of the inodes [`Reader::surviving_links`] found, each directory read
+    /// once per buffer of events and only its first [`LOOK_MAX`] entries (an `rm -r` of a
+    /// directory full of hard links costs a bounded read per buffer, not one per name).
+    fn look_up_links(&mut self) {
+        use std::os::unix::fs::DirEntryExt;
+        if self.link_lookups.is_empty() {
             return;
-        };
-        for e in rd.flatten() {
-            if e.ino() == st.st_ino {
-                trace!(path = %dir.join(e.file_name()).display(), "another name of an unlinked file");
-                self.out.push(Change::new(
-                    dir.join(e.file_name()),
-                    ChangeKind::Modified,
-                    false,
-                ));
+        }
+        let mut by_dir: std::collections::HashMap<std::path::PathBuf, Vec<u64>> =
+            std::collections::HashMap::new();
+        for (dir, ino) in self.link_lookups.drain(..) {
+            by_dir.entry(dir).or_default().push(ino);
+        }
+        for (dir, inodes) in by_dir {
+            let Ok(rd) = std::fs::read_dir(self.resolver.root().join(&dir)) else {
+                continue;
+            };
+            for e in rd.flatten().take(LOOK_MAX) {
+                if inodes.contains(&e.ino()) {
+                    let path = dir.join(e.file_name());
+                    trace!(path = %path.display(), "another name of an unlinked or renamed file");
+                    self.out
+                        .push(Change::new(path, ChangeKind::Modified, false));
+                }
             }
         }
     }
