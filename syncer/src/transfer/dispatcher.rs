@@ -228,14 +228,19 @@ impl Dispatcher {
         let others = self
             .links
             .seen(path, m.ino(), m.nlink(), (m.ctime(), m.ctime_nsec()));
-        trace!(target = %self.target, path = %path.display(), ino = m.ino(), nlink = m.nlink(), known = self.links.known(m.ino()), ctime = m.ctime_nsec(), others = others.len(), "hard-linked file changed");
+        trace!(target = %self.target, path = %path.display(), ino = m.ino(), nlink = m.nlink(), known = self.links.known(m.ino()), others = others.len(), "hard-linked file changed");
+        self.queue_other_names(m.ino(), others, now);
+    }
+
+    /// Queues the names in `others` that still are inode `ino`; forgets those that are not.
+    fn queue_other_names(&mut self, ino: u64, others: Vec<Arc<Path>>, now: Instant) {
         for other in others {
             match std::fs::symlink_metadata(self.source.join(&*other)) {
-                Ok(o) if o.ino() == m.ino() => {
-                    trace!(target = %self.target, path = %path.display(), other = %other.display(), ctime = m.ctime_nsec(), "other name queued");
+                Ok(o) if o.ino() == ino => {
+                    trace!(target = %self.target, other = %other.display(), "another name of a changed inode queued");
                     self.map.restore(&other, Op::Update, false, now);
                 }
-                _ => self.links.forget(m.ino(), &other),
+                _ => self.links.forget(ino, &other),
             }
         }
     }
@@ -257,16 +262,10 @@ impl Dispatcher {
             if !sent {
                 continue;
             }
-            let ctime = (m.ctime.0, i64::from(m.ctime.1));
-            for other in self.links.seen(&name, m.ino, 2, ctime) {
-                match std::fs::symlink_metadata(self.source.join(&*other)) {
-                    Ok(o) if o.ino() == m.ino => {
-                        trace!(target = %self.target, path = %name.display(), other = %other.display(), "sent with its directory: other name queued");
-                        self.map.restore(&other, Op::Update, false, now);
-                    }
-                    _ => self.links.forget(m.ino, &other),
-                }
-            }
+            let others = self
+                .links
+                .seen(&name, m.ino, 2, (m.ctime.0, i64::from(m.ctime.1)));
+            self.queue_other_names(m.ino, others, now);
         }
     }
 
@@ -275,17 +274,8 @@ impl Dispatcher {
     /// are queued.
     fn unlinked(&mut self, path: &Path, now: Instant) {
         self.learn_links(now);
-        let Some((ino, others)) = self.links.removed(path) else {
-            return;
-        };
-        for other in others {
-            match std::fs::symlink_metadata(self.source.join(&*other)) {
-                Ok(o) if o.ino() == ino => {
-                    trace!(path = %path.display(), other = %other.display(), "unlinked: other name queued");
-                    self.map.restore(&other, Op::Update, false, now)
-                }
-                _ => self.links.forget(ino, &other),
-            }
+        if let Some((ino, others)) = self.links.removed(path) {
+            self.queue_other_names(ino, others, now);
         }
     }
 
