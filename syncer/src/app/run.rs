@@ -76,33 +76,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     )?);
     let started = Instant::now();
     let mut pools = Pools::start(&cfg, cfg.initial_sync, false, &shutdown, &planned);
-    // Targets with a complete index catch up by one walk against it, while the others pass.
-    let walked: Vec<Compared> = planned
-        .iter()
-        .filter(|p| !p.pass && cfg.initial_sync)
-        .map(|p| Compared {
-            state: p.state.clone(),
-            map: p.map.clone(),
-        })
-        .collect();
-    let source = cfg.source.clone();
-    let walk = tokio::task::spawn_blocking(move || restore::walk(&source, &walked));
-    let passes = pools.initial_done();
-    let mut initial = Box::pin(async move {
-        let _ = walk.await;
-        passes.await;
-    });
+    let mut initial = initial_sync(&cfg, &planned, &mut pools);
     let mut initial_reported = !cfg.initial_sync;
     if !cfg.initial_sync {
         info!("initial sync finished (skipped: --no-initial-sync)");
     }
     let mut budget = RestartBudget::default();
     let mut fatal = None;
-    let mut verify = cfg.verify_interval.map(|every| {
-        let mut t = tokio::time::interval_at((Instant::now() + every).into(), every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        t
-    });
+    let mut verify = verify_timer(&cfg);
     let mut verifying: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -149,6 +130,39 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         Some(e) => Err(e),
         None => drained,
     }
+}
+
+/// The initial sync: targets with a complete index catch up by one walk against it, while the
+/// others pass; resolves when both are done.
+fn initial_sync(
+    cfg: &Config,
+    planned: &[restore::Planned],
+    pools: &mut Pools,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let walked: Vec<Compared> = planned
+        .iter()
+        .filter(|p| !p.pass && cfg.initial_sync)
+        .map(|p| Compared {
+            state: p.state.clone(),
+            map: p.map.clone(),
+        })
+        .collect();
+    let source = cfg.source.clone();
+    let walk = tokio::task::spawn_blocking(move || restore::walk(&source, &walked));
+    let passes = pools.initial_done();
+    Box::pin(async move {
+        let _ = walk.await;
+        passes.await;
+    })
+}
+
+/// Ticks every `verify_interval_s`, first one interval after the start.
+fn verify_timer(cfg: &Config) -> Option<tokio::time::Interval> {
+    cfg.verify_interval.map(|every| {
+        let mut t = tokio::time::interval_at((Instant::now() + every).into(), every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    })
 }
 
 async fn tick(t: &mut Option<tokio::time::Interval>) {

@@ -11,7 +11,7 @@
 //! `dir ++ 0x00`, and its deeper descendants those with the prefix `dir ++ "/"`.
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Kinds of entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +198,18 @@ pub fn name_of(key: &[u8]) -> &[u8] {
         Some(i) => &key[i + 1..],
         None => key,
     }
+}
+
+/// One change to the index, applied when the transfer it describes succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexUpdate {
+    /// The entry is on the target as of this metadata.
+    Put(PathBuf, Meta),
+    /// The entry (and, if it was a directory, everything below it) is gone from the target.
+    Remove(PathBuf),
+    /// A directory's immediate entries on the target are exactly these (names, metadata);
+    /// entries no longer there are removed with what was below them.
+    Children(PathBuf, Vec<(Vec<u8>, Meta)>),
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!
 //! Writes go to one writer thread (sending never blocks: the source's reader thread must not
 //! wait on the disk), which writes them to the store in batches gathered over 10 ms, and makes
-//! them durable (fdatasync) every [`SYNC_EVERY`] while there are writes: a kill -9 loses what
+//! them durable (fdatasync) every [`writer::SYNC_EVERY`] while there are writes: a kill -9 loses what
 //! the writer had not yet written (milliseconds of changes), a power loss what was not yet
 //! synced; both are found again by the next start's walk against the index (see
 //! ARCHITECTURE.md). A value that fails
@@ -20,66 +20,24 @@
 //! and rebuilt by a full pass.
 
 pub mod catchup;
+mod lock;
 pub mod meta;
 pub mod stat;
 mod target;
+mod writer;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tracing::{debug, warn};
+use tracing::warn;
 
-pub use self::target::{Failure, IndexUpdate, TargetState};
-
-/// The environment variable that marks a syncer's transfers with its state directory.
-pub const ORPHAN_TAG: &str = "SYNCER_STATE_OWNER";
-
-/// Stops the processes a crashed syncer on `dir` left running (its rsyncs, found by their
-/// [`ORPHAN_TAG`]): finishing later, they could write an older version over what this one
-/// sends. Called with the state's lock held, so no live syncer owns them. Returns how many.
-pub fn kill_orphans(dir: &Path) -> usize {
-    let want = format!("{ORPHAN_TAG}={}", dir.display());
-    let mine = std::process::id();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid as u32 == mine {
-            continue;
-        }
-        let Ok(env) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
-            // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            pids.push(pid);
-        }
-    }
-    // Wait (briefly) until they are gone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while pids
-        .iter()
-        .any(|p| Path::new(&format!("/proc/{p}/environ")).exists())
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    pids.len()
-}
-
-/// How often writes are made durable (the group commit).
-pub const SYNC_EVERY: Duration = Duration::from_secs(1);
-
-/// How long the writer gathers writes into one batch (what a kill -9 can lose at most, with
-/// the batch being written).
-const GATHER: Duration = Duration::from_millis(10);
+pub use self::lock::{kill_orphans, ORPHAN_TAG};
+pub use self::meta::IndexUpdate;
+pub use self::target::{Failure, TargetState};
+use self::writer::{Write, Writer};
 
 /// The identity record's version; a state written by another layout is not read.
 const SCHEMA: u32 = 1;
@@ -113,103 +71,6 @@ pub struct State {
     _lock: File,
 }
 
-/// One write for the writer thread.
-pub(crate) enum Write {
-    /// Inserts and removals, in one batch.
-    Batch(Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>),
-    /// Syncs everything written so far and answers.
-    Flush(std::sync::mpsc::Sender<()>),
-    /// Syncs and ends the writer (the state is closing; later writes are dropped).
-    Stop,
-}
-
-/// Where writes are sent; cheap to clone. Senders append to a buffer and wake the writer only
-/// when the buffer was empty: however many small writes come, the writer wakes at most once
-/// per [`GATHER`] and takes them all.
-#[derive(Clone)]
-pub(crate) struct Writer {
-    shared: Arc<(std::sync::Mutex<Buffer>, std::sync::Condvar)>,
-}
-
-#[derive(Default)]
-pub(crate) struct Buffer {
-    writes: Vec<Write>,
-    closed: bool,
-}
-
-impl Writer {
-    fn new() -> Writer {
-        Writer {
-            shared: Arc::new(Default::default()),
-        }
-    }
-
-    pub(crate) fn send(&self, w: Write) {
-        let (lock, cond) = &*self.shared;
-        let mut b = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if b.closed {
-            return; // the state is closing: everything before is written
-        }
-        let wake = b.writes.is_empty();
-        b.writes.push(w);
-        drop(b);
-        if wake {
-            cond.notify_one();
-        }
-    }
-
-    /// Waits until everything sent before is written and synced.
-    pub(crate) fn flush(&self) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.send(Write::Flush(tx));
-        let _ = rx.recv();
-    }
-
-    /// The writer's side: waits for writes (at most `timeout` when given), then lets them
-    /// gather for [`GATHER`] unless one of them asks to be done now; `None` once closed.
-    fn take(&self, timeout: Option<Duration>) -> Option<Vec<Write>> {
-        let (lock, cond) = &*self.shared;
-        let mut b = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while b.writes.is_empty() && !b.closed {
-            match timeout {
-                Some(t) => {
-                    let (g, r) = cond
-                        .wait_timeout(b, t)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    b = g;
-                    if r.timed_out() {
-                        return Some(Vec::new());
-                    }
-                }
-                None => {
-                    b = cond
-                        .wait(b)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                }
-            }
-        }
-        if b.writes.is_empty() && b.closed {
-            return None;
-        }
-        let urgent = b
-            .writes
-            .iter()
-            .any(|w| matches!(w, Write::Flush(_) | Write::Stop));
-        if !urgent {
-            drop(b);
-            std::thread::sleep(GATHER);
-            b = lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        Some(std::mem::take(&mut b.writes))
-    }
-}
-
 /// What identifies a source: its path and its filesystem's id (so that a directory replaced by
 /// another filesystem, or restored from elsewhere, does not inherit an index).
 fn identity(source: &Path) -> std::io::Result<String> {
@@ -233,7 +94,7 @@ impl State {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let lock = lock(dir)?;
+        let lock = lock::lock(dir)?;
         let id = identity(source).map_err(io)?;
         let db_dir = dir.join("db");
         if fresh && db_dir.exists() {
@@ -267,7 +128,7 @@ impl State {
             );
             std::thread::Builder::new()
                 .name("state-writer".into())
-                .spawn(move || write_loop(&db, &w, &failed, &dir))
+                .spawn(move || writer::write_loop(&db, &w, &failed, &dir))
                 .map_err(io)?
         };
         Ok(State {
@@ -354,124 +215,10 @@ fn keyspace(db: &Database, name: &str, dir: &Path) -> Result<Keyspace, StateErro
         .map_err(|e| damaged(dir, e))
 }
 
-/// How long a start waits for the state directory's lock before saying it is in use.
-const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Takes the state directory's lock (`flock` on `lock`, which holds the holder's pid).
-fn lock(dir: &Path) -> Result<File, StateError> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join("lock");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|source| StateError::Io {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    // Seen in the property test: the lock still held for a moment after its holder was
-    // killed (-9) and reaped (a child between fork and exec would hold the descriptor until
-    // its exec closes it). A restart right after a kill waits that out; a second syncer on
-    // the same directory still fails, after LOCK_GRACE.
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
-    // SAFETY (both calls): flock on a descriptor we own.
-    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut holder = String::new();
-        let _ = f.read_to_string(&mut holder);
-        return Err(StateError::Locked {
-            dir: dir.to_path_buf(),
-            holder: holder.trim().to_string(),
-        });
-    }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = writeln!(f, "{}", std::process::id());
-    Ok(f)
-}
-
-/// Adds one write to the batch being built.
-fn take(
-    w: Write,
-    batch: &mut fjall::OwnedWriteBatch,
-    n: &mut usize,
-    flushes: &mut Vec<std::sync::mpsc::Sender<()>>,
-    stop: &mut bool,
-) {
-    match w {
-        Write::Batch(items) => {
-            for (ks, k, v) in items {
-                match v {
-                    Some(v) => batch.insert(&ks, k, v),
-                    None => batch.remove(&ks, k),
-                }
-                *n += 1;
-            }
-        }
-        Write::Flush(reply) => flushes.push(reply),
-        Write::Stop => *stop = true,
-    }
-}
-
-/// The writer thread: writes what comes in batches, syncs every [`SYNC_EVERY`] while there
-/// are writes (and when asked), until the state closes.
-fn write_loop(db: &Database, writer: &Writer, failed: &AtomicBool, dir: &Path) {
-    let mut last_sync = std::time::Instant::now();
-    let mut unsynced = false;
-    loop {
-        // Wait for work, but wake to sync what is written and not yet durable.
-        let timeout = unsynced.then(|| SYNC_EVERY.saturating_sub(last_sync.elapsed()));
-        let Some(writes) = writer.take(timeout) else {
-            break;
-        };
-        let mut batch = db.batch();
-        let mut n = 0usize;
-        let mut flushes = Vec::new();
-        let mut stop = false;
-        for w in writes {
-            take(w, &mut batch, &mut n, &mut flushes, &mut stop);
-        }
-        if n > 0 {
-            if let Err(e) = batch.commit() {
-                if !failed.swap(true, Ordering::Relaxed) {
-                    tracing::error!("cannot write the state in {} ({e}): replication goes on, and the next start compares more of the tree", dir.display());
-                }
-            }
-            unsynced = true;
-        }
-        if unsynced && (stop || !flushes.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
-            if let Err(e) = db.persist(PersistMode::SyncData) {
-                warn!("syncing the state failed: {e}");
-            } else {
-                debug!("state synced");
-            }
-            last_sync = std::time::Instant::now();
-            unsynced = false;
-        }
-        for reply in flushes {
-            let _ = reply.send(());
-        }
-        if stop {
-            let (lock, _) = &*writer.shared;
-            lock.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .closed = true;
-            return;
-        }
-    }
-    let _ = db.persist(PersistMode::SyncAll);
-}
-
 #[cfg(test)]
 mod tests {
+    use super::meta::IndexUpdate;
     use super::meta::{Kind, Meta};
-    use super::target::IndexUpdate;
     use super::*;
     use crate::queue::{Journal, Op};
 

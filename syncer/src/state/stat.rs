@@ -11,8 +11,7 @@ use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::meta::Meta;
-use super::target::IndexUpdate;
+use super::meta::{IndexUpdate, Meta};
 
 /// A directory's entries: names and metadata.
 pub type Entries = Vec<(Vec<u8>, Meta)>;

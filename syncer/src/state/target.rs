@@ -5,8 +5,9 @@ use fjall::Keyspace;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::meta::{self, Meta};
-use super::{StateError, Write, Writer};
+use super::meta::{self, IndexUpdate, Meta};
+use super::writer::{Write, Writer};
+use super::StateError;
 use crate::queue::{Journal, JournalEntry, Op};
 
 /// One insert (`Some` value) or removal for the writer.
@@ -50,18 +51,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// One change to the index, applied when the transfer it describes succeeded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IndexUpdate {
-    /// The entry is on the target as of this metadata.
-    Put(PathBuf, Meta),
-    /// The entry (and, if it was a directory, everything below it) is gone from the target.
-    Remove(PathBuf),
-    /// A directory's immediate entries on the target are exactly these (names, metadata);
-    /// entries no longer there are removed with what was below them.
-    Children(PathBuf, Vec<(Vec<u8>, Meta)>),
 }
 
 /// A journal key: `p` and the path (the root, `""`, is the key `p`: keys are never empty).

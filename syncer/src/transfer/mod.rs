@@ -15,7 +15,6 @@ pub mod batch;
 pub mod dispatcher;
 pub mod guard;
 pub mod health;
-mod links;
 mod passes;
 mod shard;
 
@@ -139,6 +138,9 @@ enum Event {
 /// Runs the pool until `shutdown` fires and the map has drained (or the drain timeout ran
 /// out: no batch succeeded for that long). With `cfg.initial_sync`, the whole tree is compared
 /// first, in pieces.
+///
+/// Kept whole (about 80 lines): one loop whose state (draining, the deadline, the probe)
+/// every step reads; each decision in it is a call into the dispatcher.
 pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError> {
     let Pool {
         target,
@@ -154,9 +156,7 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
     let (shard_txs, mut result_rx, mut shards) = spawn_shards(&cfg, &transport, &stats, &index);
     let now = Instant::now();
     let mut d = Dispatcher::new(target.clone(), map.clone(), &cfg, stats, now);
-    d.initial_done = initial_done;
-    d.state = state;
-    d.catch_up = catch_up;
+    (d.initial_done, d.state, d.catch_up) = (initial_done, state, catch_up);
     if cfg.initial_sync {
         d.start_pass(PathBuf::new(), true, now);
     }
@@ -221,6 +221,11 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         }
     }
     drop(shard_txs);
+    Ok(wind_down(&target, shards, &map).await)
+}
+
+/// After the drain: waits for the shards (their channels are closed) and says what is left.
+async fn wind_down(target: &Target, mut shards: JoinSet<usize>, map: &DedupMap) -> PoolReport {
     while let Some(ended) = shards.join_next().await {
         if let Err(e) = ended {
             error!(target = %target, "a shard failed while stopping: {e}");
@@ -230,7 +235,7 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
     if undrained > 0 {
         error!(target = %target, undrained, "shutdown: changes not replicated to this target (the next start's initial sync will pick them up)");
     }
-    Ok(PoolReport { undrained })
+    PoolReport { undrained }
 }
 
 /// The shard tasks: a channel into each, one channel back from all.

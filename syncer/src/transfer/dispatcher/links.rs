@@ -8,8 +8,15 @@
 //! missed by live replication; the catch-up walk (at every start, and `verify_interval_s`)
 //! compares every name's ctime, which any write moves, and repairs it.
 
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::trace;
+
+use super::Dispatcher;
+use crate::queue::Op;
 
 use hashbrown::HashMap;
 
@@ -100,6 +107,95 @@ impl Links {
         let names = self.by_ino.get_mut(&ino)?;
         names.propagated = None;
         Some((ino, names.paths.clone()))
+    }
+}
+
+/// Most entries of a directory read when looking for an inode's other names there.
+const LOOK_MAX: usize = 4096;
+
+impl Dispatcher {
+    /// Files with several links changed under one name each: their other known names changed
+    /// too. Names not known yet are looked for in each entry's directory, each directory read
+    /// once per call and only its first [`LOOK_MAX`] entries (a directory of a million fresh
+    /// links costs a bounded read per batch, not one per link).
+    pub(super) fn other_links(&mut self, changed: &[(Arc<Path>, std::fs::Metadata)], now: Instant) {
+        self.learn_links(now);
+        let mut look: hashbrown::HashMap<&Path, hashbrown::HashSet<u64>> =
+            hashbrown::HashMap::new();
+        for (path, m) in changed {
+            if (self.links.known(m.ino()) as u64) < m.nlink() {
+                let dir = path.parent().unwrap_or(Path::new(""));
+                look.entry(dir).or_default().insert(m.ino());
+            }
+        }
+        for (dir, inodes) in look {
+            if let Ok(rd) = std::fs::read_dir(self.source.join(dir)) {
+                for e in rd.flatten().take(LOOK_MAX) {
+                    if inodes.contains(&e.ino()) {
+                        self.links.add(Arc::from(dir.join(e.file_name())), e.ino());
+                    }
+                }
+            }
+        }
+        for (path, m) in changed {
+            self.propagate(path, m, now);
+        }
+    }
+
+    /// Queues the other known names of `path`'s inode, once per change of its ctime.
+    fn propagate(&mut self, path: &Arc<Path>, m: &std::fs::Metadata, now: Instant) {
+        let others = self
+            .links
+            .seen(path, m.ino(), m.nlink(), (m.ctime(), m.ctime_nsec()));
+        trace!(target = %self.target, path = %path.display(), ino = m.ino(), nlink = m.nlink(), known = self.links.known(m.ino()), others = others.len(), "hard-linked file changed");
+        self.queue_other_names(m.ino(), others, now);
+    }
+
+    /// Queues the names in `others` that still are inode `ino`; forgets those that are not.
+    fn queue_other_names(&mut self, ino: u64, others: Vec<Arc<Path>>, now: Instant) {
+        for other in others {
+            match std::fs::symlink_metadata(self.source.join(&*other)) {
+                Ok(o) if o.ino() == ino => {
+                    trace!(target = %self.target, other = %other.display(), "another name of a changed inode queued");
+                    self.map.restore(&other, Op::Update, false, now);
+                }
+                _ => self.links.forget(ino, &other),
+            }
+        }
+    }
+
+    /// Takes the hard-linked names the walks met (the catch-up walk, subtree transfers'
+    /// reading of what they send): names in other directories, and names that came with a
+    /// renamed directory.
+    ///
+    /// Names a live subtree transfer sent stand for changes the map folded into that transfer
+    /// (a write through a name in a directory renamed just before): their other names are
+    /// queued once per change of the inode.
+    pub(super) fn learn_links(&mut self, now: Instant) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        for (name, m, sent) in state.take_links() {
+            let name: Arc<Path> = Arc::from(name);
+            self.links.add(name.clone(), m.ino);
+            if !sent {
+                continue;
+            }
+            let others = self
+                .links
+                .seen(&name, m.ino, 2, (m.ctime.0, i64::from(m.ctime.1)));
+            self.queue_other_names(m.ino, others, now);
+        }
+    }
+
+    /// A file name went away: if it was a known name of a hard-linked inode, what changed
+    /// through it just before (a write, a chmod) shows only under the other names, which
+    /// are queued.
+    pub(super) fn unlinked(&mut self, path: &Path, now: Instant) {
+        self.learn_links(now);
+        if let Some((ino, others)) = self.links.removed(path) {
+            self.queue_other_names(ino, others, now);
+        }
     }
 }
 

@@ -1,0 +1,186 @@
+//! The state's writer thread: every write to the store goes through it, gathered into
+//! batches, made durable by one group commit every [`SYNC_EVERY`]; senders never block.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjall::{Database, Keyspace, PersistMode};
+use tracing::{debug, warn};
+
+/// How often writes are made durable (the group commit).
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the writer gathers writes into one batch (what a kill -9 can lose at most, with
+/// the batch being written).
+const GATHER: Duration = Duration::from_millis(10);
+
+/// One write for the writer thread.
+pub(crate) enum Write {
+    /// Inserts and removals, in one batch.
+    Batch(Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>),
+    /// Syncs everything written so far and answers.
+    Flush(std::sync::mpsc::Sender<()>),
+    /// Syncs and ends the writer (the state is closing; later writes are dropped).
+    Stop,
+}
+
+/// Where writes are sent; cheap to clone. Senders append to a buffer and wake the writer only
+/// when the buffer was empty: however many small writes come, the writer wakes at most once
+/// per [`GATHER`] and takes them all.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    shared: Arc<(std::sync::Mutex<Buffer>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    writes: Vec<Write>,
+    closed: bool,
+}
+
+impl Writer {
+    pub(super) fn new() -> Writer {
+        Writer {
+            shared: Arc::new(Default::default()),
+        }
+    }
+
+    pub(crate) fn send(&self, w: Write) {
+        let (lock, cond) = &*self.shared;
+        let mut b = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.closed {
+            return; // the state is closing: everything before is written
+        }
+        let wake = b.writes.is_empty();
+        b.writes.push(w);
+        drop(b);
+        if wake {
+            cond.notify_one();
+        }
+    }
+
+    /// Waits until everything sent before is written and synced.
+    pub(crate) fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Write::Flush(tx));
+        let _ = rx.recv();
+    }
+
+    /// The writer's side: waits for writes (at most `timeout` when given), then lets them
+    /// gather for [`GATHER`] unless one of them asks to be done now; `None` once closed.
+    fn take(&self, timeout: Option<Duration>) -> Option<Vec<Write>> {
+        let (lock, cond) = &*self.shared;
+        let mut b = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while b.writes.is_empty() && !b.closed {
+            match timeout {
+                Some(t) => {
+                    let (g, r) = cond
+                        .wait_timeout(b, t)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    b = g;
+                    if r.timed_out() {
+                        return Some(Vec::new());
+                    }
+                }
+                None => {
+                    b = cond
+                        .wait(b)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
+            }
+        }
+        if b.writes.is_empty() && b.closed {
+            return None;
+        }
+        let urgent = b
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::Flush(_) | Write::Stop));
+        if !urgent {
+            drop(b);
+            std::thread::sleep(GATHER);
+            b = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        Some(std::mem::take(&mut b.writes))
+    }
+}
+
+/// Adds one write to the batch being built.
+fn take(
+    w: Write,
+    batch: &mut fjall::OwnedWriteBatch,
+    n: &mut usize,
+    flushes: &mut Vec<std::sync::mpsc::Sender<()>>,
+    stop: &mut bool,
+) {
+    match w {
+        Write::Batch(items) => {
+            for (ks, k, v) in items {
+                match v {
+                    Some(v) => batch.insert(&ks, k, v),
+                    None => batch.remove(&ks, k),
+                }
+                *n += 1;
+            }
+        }
+        Write::Flush(reply) => flushes.push(reply),
+        Write::Stop => *stop = true,
+    }
+}
+
+/// The writer thread: writes what comes in batches, syncs every [`SYNC_EVERY`] while there
+/// are writes (and when asked), until the state closes.
+pub(super) fn write_loop(db: &Database, writer: &Writer, failed: &AtomicBool, dir: &Path) {
+    let mut last_sync = std::time::Instant::now();
+    let mut unsynced = false;
+    loop {
+        // Wait for work, but wake to sync what is written and not yet durable.
+        let timeout = unsynced.then(|| SYNC_EVERY.saturating_sub(last_sync.elapsed()));
+        let Some(writes) = writer.take(timeout) else {
+            break;
+        };
+        let mut batch = db.batch();
+        let mut n = 0usize;
+        let mut flushes = Vec::new();
+        let mut stop = false;
+        for w in writes {
+            take(w, &mut batch, &mut n, &mut flushes, &mut stop);
+        }
+        if n > 0 {
+            if let Err(e) = batch.commit() {
+                if !failed.swap(true, Ordering::Relaxed) {
+                    tracing::error!("cannot write the state in {} ({e}): replication goes on, and the next start compares more of the tree", dir.display());
+                }
+            }
+            unsynced = true;
+        }
+        if unsynced && (stop || !flushes.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
+            if let Err(e) = db.persist(PersistMode::SyncData) {
+                warn!("syncing the state failed: {e}");
+            } else {
+                debug!("state synced");
+            }
+            last_sync = std::time::Instant::now();
+            unsynced = false;
+        }
+        for reply in flushes {
+            let _ = reply.send(());
+        }
+        if stop {
+            let (lock, _) = &*writer.shared;
+            lock.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .closed = true;
+            return;
+        }
+    }
+    let _ = db.persist(PersistMode::SyncAll);
+}

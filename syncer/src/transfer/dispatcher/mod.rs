@@ -1,0 +1,325 @@
+//! The dispatcher of one target: takes due entries from the map into the ready queues, builds
+//! batches no conflicting transfer holds back, sends the start-up pass's pieces between them,
+//! and settles each batch's outcome (forget, retry, pause the target).
+//!
+//! Ordering: an entry that overlaps a transfer in flight that started before the entry's latest
+//! event waits for it ([`super::guard`]); it is parked on the guard's node that blocks it and
+//! handed back when that node changes, so a completion costs what it releases, never a scan of
+//! what waits. Live work takes a shard first; the pass always keeps one piece in flight.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, trace, warn};
+
+use super::batch::{self, Ready};
+use super::guard::{self, Guard, Seq};
+use super::health::Health;
+mod links;
+mod pass;
+mod settle;
+
+use self::links::Links;
+use super::passes::PassState;
+use super::{Batch, CatchUp, Origin, PoolConfig, PoolError, PoolStats};
+use crate::queue::pass::PieceSize;
+use crate::queue::{DedupMap, Op, Taken};
+use crate::state::meta::Meta;
+use crate::state::{IndexUpdate, TargetState};
+use crate::target::{BatchKind, Target};
+
+/// Entries per pass piece (see [`crate::queue::pass`]); at most `batch_max` directories.
+const PIECE_ENTRIES: u64 = 4096;
+
+pub struct Dispatcher {
+    pub(super) target: Target,
+    pub(super) map: Arc<DedupMap>,
+    batch_max: usize,
+    pub idle: Vec<usize>,
+    /// Taken from the map, waiting for a shard.
+    ready: Ready,
+    /// What is in flight where; entries waiting for a conflicting transfer are parked in it.
+    guard: Guard<Taken>,
+    next_seq: Seq,
+    /// Subtree transfers (tree, shallow) in flight, and when the last one ended.
+    trees_inflight: usize,
+    last_tree_end: Option<Instant>,
+    pub(super) health: Health,
+    links: Links,
+    /// What fill_ready's lstat saw of plain entries still waiting (see [`Batch`]).
+    seen: hashbrown::HashMap<Arc<Path>, Option<Meta>>,
+    /// When a still-down target was last said to be down (the log says so once a minute).
+    down_logged: Option<Instant>,
+    pub(super) pass: Option<PassState>,
+    pub(super) pass_gen: u64,
+    /// False once a shutdown has abandoned the pass: a rescan asked for then is left to the
+    /// next start, like the rest of the pass.
+    pub(super) passes_allowed: bool,
+    pub(super) piece_size: PieceSize,
+    pub initial_done: Option<oneshot::Sender<()>>,
+    pub state: Option<Arc<TargetState>>,
+    pub catch_up: Option<CatchUp>,
+    stats: Arc<PoolStats>,
+    pub(super) source: PathBuf,
+    /// When a batch last succeeded.
+    pub last_progress: Instant,
+}
+
+impl Dispatcher {
+    pub fn new(
+        target: Target,
+        map: Arc<DedupMap>,
+        cfg: &PoolConfig,
+        stats: Arc<PoolStats>,
+        now: Instant,
+    ) -> Dispatcher {
+        Dispatcher {
+            target,
+            map,
+            batch_max: cfg.batch_max,
+            idle: (0..cfg.shards).rev().collect(),
+            ready: Ready::default(),
+            guard: Guard::default(),
+            next_seq: 0,
+            trees_inflight: 0,
+            last_tree_end: None,
+            health: Health::new(cfg.can_probe),
+            links: Links::default(),
+            seen: hashbrown::HashMap::new(),
+            down_logged: None,
+            pass: None,
+            pass_gen: 0,
+            passes_allowed: true,
+            piece_size: PieceSize {
+                entries: PIECE_ENTRIES,
+                dirs: cfg.batch_max,
+            },
+            initial_done: None,
+            state: None,
+            catch_up: None,
+            stats,
+            source: cfg.source.clone(),
+            last_progress: now,
+        }
+    }
+
+    /// Hands batches to idle shards while there is work that may go.
+    pub async fn dispatch(
+        &mut self,
+        now: Instant,
+        draining: bool,
+        shards: &[mpsc::Sender<Batch>],
+    ) -> Result<(), PoolError> {
+        if self.health.is_down(now) {
+            return Ok(());
+        }
+        while let Some(&shard) = self.idle.last() {
+            self.fill_ready(now, draining);
+            let Some(batch) = self.next_batch(now) else {
+                break;
+            };
+            self.idle.pop();
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            if shards[shard].send(batch).await.is_err() {
+                return Err(PoolError::ShardGone(shard));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves due entries from the map into the ready queues, dropping those that need no
+    /// transfer. A rescan of the whole tree becomes a pass.
+    fn fill_ready(&mut self, now: Instant, draining: bool) {
+        let want = self.batch_max.saturating_sub(self.ready.len());
+        if want == 0 {
+            return;
+        }
+        let mut linked = Vec::new();
+        for t in self.map.take_due(now, want, draining) {
+            if t.pending.op == Op::Tree && t.path.as_os_str().is_empty() {
+                // Overflow or lost events: compare the whole tree again; with a complete
+                // index, locally against it, else with rsync in pieces.
+                if self.catch_up.as_ref().is_some_and(|c| c()) {
+                    info!(target = %self.target, "comparing the whole tree with the index");
+                } else if self.passes_allowed {
+                    let initial = self.pass.as_ref().is_some_and(|p| p.initial);
+                    info!(target = %self.target, "rescanning the whole tree");
+                    self.start_pass(PathBuf::new(), initial, now);
+                } else {
+                    warn!(target = %self.target, "a rescan of the whole tree was asked for during shutdown: the next start compares the tree");
+                }
+                self.map.complete(&t.path, None);
+                continue;
+            }
+            if t.pending.op == Op::Delete && !t.pending.is_dir {
+                self.unlinked(&t.path, now);
+            }
+            let vanished = t.pending.vanished() && self.no_tree_since(t.pending.first);
+            let meta = std::fs::symlink_metadata(self.source.join(&t.path));
+            // A path below a directory that was replaced by a file (or symlink) cannot exist,
+            // and rsync refuses it (ENOTDIR is not a missing argument); the ancestor's own
+            // transfer replaces the target's directory, children included.
+            if vanished || batch::below_a_file(&meta) {
+                trace!(path = %t.path.display(), vanished, "dropped");
+                self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
+                self.map.complete(&t.path, None);
+                continue;
+            }
+            if let Ok(m) = &meta {
+                if m.is_file() && t.pending.op == Op::Update && m.nlink() > 1 {
+                    linked.push((t.path.clone(), m.clone()));
+                }
+            }
+            if self.state.is_some() && batch::kind_of(t.pending.op) == BatchKind::Plain {
+                // The certificate the index gets if the transfer succeeds (an lstat before the
+                // transfer reads the file; kept while the entry waits, which only makes it older).
+                match &meta {
+                    Ok(m) => {
+                        self.seen
+                            .insert(t.path.clone(), Some(Meta::from_metadata(m)));
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        self.seen.insert(t.path.clone(), None);
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.ready.push_back(t);
+        }
+        if !linked.is_empty() {
+            self.other_links(&linked, now);
+        }
+    }
+
+    /// The next batch: live work first, but the pass always keeps one piece in flight.
+    fn next_batch(&mut self, now: Instant) -> Option<Batch> {
+        let pass_turn = self.pass.as_ref().is_some_and(PassState::idle);
+        if !pass_turn {
+            if let Some(b) = self.next_map_batch(now) {
+                return Some(b);
+            }
+        }
+        self.next_pass_batch(now)
+            .or_else(|| self.next_map_batch(now))
+    }
+
+    /// A batch from the ready queue that has waited longest: entries of one kind and retry
+    /// level, none of which overlaps a transfer in flight that started before its last event.
+    fn next_map_batch(&mut self, now: Instant) -> Option<Batch> {
+        loop {
+            let (kind, level) = self.ready.oldest()?;
+            let limit = batch::limit(kind, level, self.batch_max);
+            let mut entries = Vec::new();
+            while entries.len() < limit {
+                let Some(t) = self.ready.pop((kind, level)) else {
+                    break;
+                };
+                let blocker = self.guard.blocker(
+                    guard::key(&t.path),
+                    t.pending.last,
+                    batch::dir_level(&t.pending),
+                );
+                match blocker {
+                    Some(b) => {
+                        let (node, below) = (b.node.to_vec(), b.below);
+                        self.guard.wait(&node, below, t);
+                    }
+                    None => entries.push(t),
+                }
+            }
+            if !entries.is_empty() {
+                return Some(self.launch(kind, Origin::Map, entries, now));
+            }
+            // Everything in that queue waits: try the next one.
+        }
+    }
+
+    /// Marks a batch's entries in flight.
+    pub(super) fn launch(
+        &mut self,
+        kind: BatchKind,
+        origin: Origin,
+        entries: Vec<Taken>,
+        now: Instant,
+    ) -> Batch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        for t in &entries {
+            trace!(target = %self.target, seq, ?kind, ?origin, path = %t.path.display(), op = ?t.pending.op, "launch");
+            self.guard
+                .mark(guard::key(&t.path), seq, now, batch::reach(t.pending.op));
+            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
+                self.trees_inflight += 1;
+            }
+        }
+        let seen = (kind == BatchKind::Plain && self.state.is_some()).then(|| {
+            entries
+                .iter()
+                .filter_map(|t| match self.seen.remove(&t.path) {
+                    Some(Some(m)) => Some(IndexUpdate::Put(t.path.to_path_buf(), m)),
+                    Some(None) => Some(IndexUpdate::Remove(t.path.to_path_buf())),
+                    None => None,
+                })
+                .collect()
+        });
+        Batch {
+            kind,
+            seq,
+            origin,
+            entries,
+            seen,
+        }
+    }
+
+    fn no_tree_since(&self, since: Instant) -> bool {
+        self.trees_inflight == 0 && self.last_tree_end.is_none_or(|end| end < since)
+    }
+
+    /// Ends what a batch held in flight; entries parked behind it go back to the ready queues.
+    fn land(&mut self, batch: &Batch, now: Instant) {
+        let mut released = Vec::new();
+        for t in &batch.entries {
+            self.guard
+                .unmark(guard::key(&t.path), batch.seq, &mut released);
+            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
+                self.trees_inflight -= 1;
+                self.last_tree_end = Some(now);
+            }
+        }
+        // Released in the order they were parked, each in front of its queue: reverse so the
+        // oldest ends up first.
+        for t in released.into_iter().rev() {
+            self.ready.push_front(t);
+        }
+    }
+
+    /// When the loop must look again, at the latest.
+    pub fn next_wake(&self, now: Instant, draining: bool, deadline: Option<Instant>) -> Instant {
+        let idle = Duration::from_secs(3600);
+        let mut wake = self.map.next_due().unwrap_or(now + idle);
+        if draining && !self.map.is_empty() {
+            wake = wake.min(now + Duration::from_millis(50));
+        }
+        if let Some(due) = self.pass.as_ref().and_then(PassState::next_retry) {
+            wake = wake.min(due);
+        }
+        let down = self.health.down_until(now);
+        if self.idle.is_empty() || down.is_some() {
+            // Nothing can be sent before a shard frees up (a result wakes us), the target's
+            // pause ends, or a probe is due.
+            wake = down.unwrap_or(now + idle);
+            if let Some(p) = self.health.next_probe(now) {
+                wake = wake.min(p);
+            }
+        }
+        // A deadline already past must not make the loop spin while a shard is still busy.
+        match deadline.filter(|&t| t > now) {
+            Some(t) => wake.min(t),
+            None => wake,
+        }
+    }
+}
