@@ -185,11 +185,13 @@ pub fn start(tool: Tool, env: &Env) -> Result<Running> {
                 .arg(env.url)
                 .arg("--source-kind")
                 .arg(kind)
-                .env("RUST_LOG", syncer_log_filter())
-                // Each run its own state (a restart within the run finds it again): rows
-                // never inherit another row's index.
-                .arg("--state-dir")
-                .arg(env.dir.join("syncer-state"));
+                .env("RUST_LOG", syncer_log_filter());
+            // Each run its own state (a restart within the run finds it again): rows never
+            // inherit another row's index. SYNCER_BENCH_NO_STATE=1 leaves the flag out, to
+            // measure a syncer from before the state existed against today's.
+            if std::env::var_os("SYNCER_BENCH_NO_STATE").is_none() {
+                c.arg("--state-dir").arg(env.dir.join("syncer-state"));
+            }
             if !env.initial_sync {
                 c.arg("--no-initial-sync");
             }
