@@ -4,6 +4,7 @@
 //! queue, tested with tables below.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::guard::Reach;
 use crate::queue::{Op, Pending, Taken};
@@ -58,6 +59,27 @@ pub fn below_a_file(lstat: &std::io::Result<std::fs::Metadata>) -> bool {
         .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTDIR))
 }
 
+/// Longest a small live batch is held back by [`hold_live`].
+pub const LINGER: Duration = Duration::from_millis(300);
+
+/// Whether live work waits before it goes (Nagle's rule, while a pass is under way): when a
+/// live batch is in flight already, ready entries fewer than a full batch (`full`) wait for it
+/// to come back, or at most [`LINGER`] after the oldest of them was due; they then go as one
+/// batch. Every rsync run costs a process on both hosts, and during a pass the CPU is what the
+/// pass and the live changes share: fewer, bigger live batches leave the pass its pace for a
+/// fraction of a second of latency. `Some(until)`: hold, and look again then.
+pub fn hold_live(
+    passing: bool,
+    live_inflight: usize,
+    ready: usize,
+    full: usize,
+    oldest_due: Instant,
+    now: Instant,
+) -> Option<Instant> {
+    let until = oldest_due + LINGER;
+    (passing && live_inflight > 0 && ready < full && until > now).then_some(until)
+}
+
 /// The ready entries, one FIFO queue per (batch kind, retry level).
 #[derive(Default)]
 pub struct Ready {
@@ -106,6 +128,14 @@ impl Ready {
             .map(|(k, _)| *k)
     }
 
+    /// When the entry that has been due longest became due.
+    pub fn oldest_due(&self) -> Option<Instant> {
+        self.queues
+            .iter()
+            .filter_map(|(_, q)| q.front().map(|t| t.pending.due))
+            .min()
+    }
+
     /// Takes the first entry of the (kind, level) queue.
     pub fn pop(&mut self, key: (BatchKind, u32)) -> Option<Taken> {
         let (_, q) = self.queues.iter_mut().find(|(k, _)| *k == key)?;
@@ -120,8 +150,30 @@ mod tests {
     use super::*;
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
     use BatchKind::*;
+
+    #[test]
+    fn live_work_held_while_a_pass_runs() {
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        let linger = LINGER.as_millis() as u64;
+        #[rustfmt::skip]
+        let table: &[(bool, usize, usize, u64, Option<u64>, &str)] = &[
+            // passing, live in flight, ready, ms since the oldest was due, held until (ms)
+            (false, 1, 5, 0, None, "no pass: live work goes as it comes"),
+            (true, 0, 5, 0, None, "nothing live in flight: goes at once"),
+            (true, 1, 5, 0, Some(linger), "one in flight: waits for it"),
+            (true, 3, 5, 100, Some(linger), "waits at most LINGER after being due"),
+            (true, 1, 5, linger, None, "LINGER over: goes"),
+            (true, 1, 5, linger + 50, None, "overdue: goes"),
+            (true, 1, 2000, 0, None, "a full batch goes at once"),
+            (true, 1, 1999, 0, Some(linger), "one short of full: waits"),
+        ];
+        for &(passing, inflight, ready, since, want, why) in table {
+            let got = hold_live(passing, inflight, ready, 2000, t0, t0 + ms(since));
+            assert_eq!(got, want.map(|w| t0 + ms(w)), "{why}");
+        }
+    }
 
     #[test]
     fn batch_limits() {

@@ -48,6 +48,10 @@ pub struct Dispatcher {
     /// Subtree transfers (tree, shallow) in flight, and when the last one ended.
     trees_inflight: usize,
     last_tree_end: Option<Instant>,
+    /// Live (map) batches in flight, and until when live work is held back behind them
+    /// ([`batch::hold_live`]).
+    live_inflight: usize,
+    held_until: Option<Instant>,
     pub(super) health: Health,
     links: Links,
     /// What fill_ready's lstat saw of plain entries still waiting (see [`Batch`]).
@@ -87,6 +91,8 @@ impl Dispatcher {
             next_seq: 0,
             trees_inflight: 0,
             last_tree_end: None,
+            live_inflight: 0,
+            held_until: None,
             health: Health::new(cfg.can_probe),
             links: Links::default(),
             seen: hashbrown::HashMap::new(),
@@ -117,9 +123,10 @@ impl Dispatcher {
         if self.health.is_down(now) {
             return Ok(());
         }
+        self.held_until = None;
         while let Some(&shard) = self.idle.last() {
             self.fill_ready(now, draining);
-            let Some(batch) = self.next_batch(now) else {
+            let Some(batch) = self.next_batch(now, draining) else {
                 break;
             };
             self.idle.pop();
@@ -196,23 +203,32 @@ impl Dispatcher {
     }
 
     /// The next batch: live work first, but the pass always keeps one piece in flight.
-    fn next_batch(&mut self, now: Instant) -> Option<Batch> {
+    fn next_batch(&mut self, now: Instant, draining: bool) -> Option<Batch> {
         let pass_turn = self.pass.as_ref().is_some_and(PassState::idle);
         if !pass_turn {
-            if let Some(b) = self.next_map_batch(now) {
+            if let Some(b) = self.next_map_batch(now, draining) {
                 return Some(b);
             }
         }
         self.next_pass_batch(now)
-            .or_else(|| self.next_map_batch(now))
+            .or_else(|| self.next_map_batch(now, draining))
     }
 
     /// A batch from the ready queue that has waited longest: entries of one kind and retry
     /// level, none of which overlaps a transfer in flight that started before its last event.
-    fn next_map_batch(&mut self, now: Instant) -> Option<Batch> {
+    fn next_map_batch(&mut self, now: Instant, draining: bool) -> Option<Batch> {
         loop {
             let (kind, level) = self.ready.oldest()?;
             let limit = batch::limit(kind, level, self.batch_max);
+            let passing = self.pass.is_some() && !draining;
+            let oldest = self.ready.oldest_due()?;
+            let ready = self.ready.len();
+            if let Some(until) =
+                batch::hold_live(passing, self.live_inflight, ready, limit, oldest, now)
+            {
+                self.held_until = Some(until);
+                return None;
+            }
             let mut entries = Vec::new();
             while entries.len() < limit {
                 let Some(t) = self.ready.pop((kind, level)) else {
@@ -248,6 +264,9 @@ impl Dispatcher {
     ) -> Batch {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if origin == Origin::Map {
+            self.live_inflight += 1;
+        }
         for t in &entries {
             trace!(target = %self.target, seq, ?kind, ?origin, path = %t.path.display(), op = ?t.pending.op, "launch");
             self.guard
@@ -281,6 +300,9 @@ impl Dispatcher {
 
     /// Ends what a batch held in flight; entries parked behind it go back to the ready queues.
     fn land(&mut self, batch: &Batch, now: Instant) {
+        if batch.origin == Origin::Map {
+            self.live_inflight -= 1;
+        }
         let mut released = Vec::new();
         for t in &batch.entries {
             self.guard
@@ -306,6 +328,9 @@ impl Dispatcher {
         }
         if let Some(due) = self.pass.as_ref().and_then(PassState::next_retry) {
             wake = wake.min(due);
+        }
+        if let Some(held) = self.held_until {
+            wake = wake.min(held);
         }
         let down = self.health.down_until(now);
         if self.idle.is_empty() || down.is_some() {
