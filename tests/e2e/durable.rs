@@ -10,6 +10,9 @@
 //! - `damaged_state_is_rebuilt`: the store's files overwritten with garbage: detected,
 //!   logged, a full pass, identical trees.
 //! - `a_second_syncer_on_the_same_state_is_refused`.
+//! - `changes_while_down_go_ahead_of_an_unfinished_pass`: a syncer killed before its first
+//!   pass was done; what changed meanwhile (a rewrite that restores mtime and size, which the
+//!   pass's quick check cannot see) is found by the walk ahead of the next pass.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
@@ -354,4 +357,60 @@ fn full_target_filesystem_then_space_freed() {
     rig.assert_converges(&mut syncer);
     syncer.stop();
     drop(small);
+}
+
+#[test]
+fn changes_while_down_go_ahead_of_an_unfinished_pass() {
+    let Some(mut rig) = Rig::new() else { return };
+    let src = rig.src.clone();
+    let files = make_tree(&src.join("t"), &tree());
+    let made = std::time::Instant::now();
+    // The daemon's target already holds the tree, but it is down: the first syncer's pass
+    // against it cannot finish, so its index stays incomplete.
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src.join("t"))
+        .arg(rig.daemon.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    rig.daemon.stop();
+    let mut first = rig.spawn(SourceKind::Fanotify, &[]);
+    first.wait_for_log("target down", MARKER_TIMEOUT);
+    // The walk ahead looks back to a few seconds before the last heartbeat (at most 2 s old
+    // when idle): let the tree be older than that, so that only what follows is recent.
+    let old_enough = Duration::from_secs(10);
+    std::thread::sleep(old_enough.saturating_sub(made.elapsed()));
+    first.kill();
+
+    // While no syncer runs: a rewrite that keeps size and mtime, a deletion, a new file.
+    let same = src.join("t").join(&files[10]);
+    let before = std::fs::symlink_metadata(&same).unwrap();
+    write_file(&same, &vec![b'Z'; before.len() as usize]);
+    set_mtime(&same, before_mtime(&before).0, before_mtime(&before).1);
+    std::fs::remove_file(src.join("t").join(&files[20])).unwrap();
+    write_file(&src.join("t/made-while-down"), b"new\n");
+
+    rig.daemon.start();
+    let mut second = rig.spawn(SourceKind::Fanotify, &[]);
+    second.wait_for_log("walk ahead of the pass done", MARKER_TIMEOUT);
+    rig.assert_converges(&mut second);
+    let log = second.stop();
+    assert!(
+        log.contains(FULL_PASS),
+        "the unfinished index is rebuilt by a pass:\n{log}"
+    );
+    let queued: u64 = log
+        .lines()
+        .find(|l| l.contains("walk ahead of the pass done"))
+        .and_then(|l| l.split("queued=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("the walk says what it queued");
+    // The rewritten file, the new one, and the directories whose entries changed (the
+    // deletion's, the new file's); nothing of the untouched tree.
+    assert!(
+        (3..=10).contains(&queued),
+        "{queued} entries queued ahead of the pass:\n{log}"
+    );
 }

@@ -27,6 +27,21 @@ pub struct Planned {
     pub map: Arc<DedupMap>,
     /// A full pass (no complete index, or --full-resync); else a catch-up walk.
     pub pass: bool,
+    /// With a pass: the ctime from which entries are queued at once, ahead of the pass (see
+    /// [`catchup::recent_walk`]), when a previous syncer used this state.
+    pub recent_since: Option<(i64, u32)>,
+}
+
+/// How much earlier than the previous syncer's last heartbeat the walk ahead of a pass
+/// starts: its heartbeat may be a second older than what it last wrote, its source may have
+/// been behind the kernel, and ctimes come from a coarse clock.
+pub const RECENT_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The ctime `RECENT_MARGIN` before `alive`.
+fn since(alive: std::time::SystemTime) -> (i64, u32) {
+    let t = alive - RECENT_MARGIN;
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
 }
 
 /// Opens the state of `cfg.source` and plans every target.
@@ -85,10 +100,12 @@ pub fn open(cfg: &Config) -> Result<(State, Vec<Planned>), RunError> {
             info!(target = %target, "no complete index for this target yet: full pass, which builds it");
         }
         info!(target = %target, pending = pending.len(), catch_up = if pass { "full pass" } else { "walk against the index" }, "state restored from {}", state.dir().display());
+        let recent_since = state.last_alive().filter(|_| pass).map(since);
         planned.push(Planned {
             state: ts,
             map,
             pass,
+            recent_since,
         });
     }
     Ok((state, planned))
@@ -132,6 +149,26 @@ pub fn walk(source: &Path, targets: &[Compared]) {
                     .insert_all(&[crate::change::Change::rescan("")], Instant::now());
             }
         }
+    }
+}
+
+/// Runs the walk ahead of the pass for the targets in `maps` (on this thread): entries changed
+/// since `since` are queued at once.
+pub fn recent(source: &Path, since: (i64, u32), maps: &[Arc<DedupMap>]) {
+    if maps.is_empty() {
+        return;
+    }
+    let t0 = Instant::now();
+    match catchup::recent_walk(source, since, maps, WALK_THREADS) {
+        Ok(r) => info!(
+            dirs = r.dirs,
+            entries = r.entries,
+            queued = r.changes.first().copied().unwrap_or(0),
+            ms = t0.elapsed().as_millis() as u64,
+            "walk ahead of the pass done: what changed since the previous syncer was last alive is queued"
+        ),
+        // The pass covers it all anyway.
+        Err(e) => warn!("the walk ahead of the pass failed ({e}); the pass covers it"),
     }
 }
 

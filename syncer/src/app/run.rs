@@ -147,11 +147,26 @@ fn initial_sync(
             map: p.map.clone(),
         })
         .collect();
+    // Targets that pass after a syncer that used the state died or stopped: what changed
+    // since it was last alive goes ahead of the pass (the oldest such moment of them all).
+    let ahead: Vec<_> = planned
+        .iter()
+        .filter(|p| p.recent_since.is_some() && cfg.initial_sync)
+        .map(|p| p.map.clone())
+        .collect();
+    let since = planned.iter().filter_map(|p| p.recent_since).min();
+    let source = cfg.source.clone();
+    let ahead = tokio::task::spawn_blocking(move || {
+        if let Some(since) = since {
+            restore::recent(&source, since, &ahead);
+        }
+    });
     let source = cfg.source.clone();
     let walk = tokio::task::spawn_blocking(move || restore::walk(&source, &walked));
     let passes = pools.initial_done();
     Box::pin(async move {
         let _ = walk.await;
+        let _ = ahead.await;
         passes.await;
     })
 }

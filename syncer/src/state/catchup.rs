@@ -132,7 +132,6 @@ pub fn catch_up(root: &Path, targets: &[Compared], threads: usize) -> Result<Rep
         },
         failed: None,
     });
-    let cond = Condvar::new();
     // The root itself first.
     let root_meta = stat::lstat(root, Path::new("")).ok().flatten();
     let mut active = Vec::new();
@@ -158,9 +157,20 @@ pub fn catch_up(root: &Path, targets: &[Compared], threads: usize) -> Result<Rep
         .expect("walk state")
         .queue
         .push_back((PathBuf::new(), active));
+    run(shared, threads, &|dir, active| {
+        compare_dir(root, dir, active, targets)
+    })
+}
+
+/// One directory's visit: what it found and where to go on.
+type Visit<'a> = dyn Fn(&Path, &[usize]) -> Result<DirDone, StateError> + Sync + 'a;
+
+/// Visits the queued directories (and those the visits add) on `threads` threads.
+fn run(shared: Mutex<Shared>, threads: usize, visit: &Visit<'_>) -> Result<Report, StateError> {
+    let cond = Condvar::new();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            s.spawn(|| worker(root, targets, &shared, &cond));
+            s.spawn(|| worker(&shared, &cond, visit));
         }
     });
     let shared = shared.into_inner().expect("walk state");
@@ -168,6 +178,106 @@ pub fn catch_up(root: &Path, targets: &[Compared], threads: usize) -> Result<Rep
         Some(e) => Err(e),
         None => Ok(shared.report),
     }
+}
+
+/// What the start-up walk after a crash does with one entry it meets whose ctime is `since`
+/// or later: nothing can have seen that change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recent {
+    /// Older than `since`: the pass covers it (or the journal held it).
+    Old,
+    /// A file (symlink, ...) written, made, renamed or chmod'ed since: send it.
+    Send,
+    /// A directory whose entries (or itself) changed since: a shallow pass of it, which also
+    /// removes what was deleted in it.
+    Shallow,
+}
+
+/// The decision for an entry with metadata `m`.
+pub fn recent(m: &Meta, since: (i64, u32)) -> Recent {
+    match (m.ctime >= since, m.is_dir()) {
+        (false, _) => Recent::Old,
+        (true, false) => Recent::Send,
+        (true, true) => Recent::Shallow,
+    }
+}
+
+/// The walk a start does while a full pass runs, when the previous syncer on this state died
+/// (or stopped) before its pass was done: every entry whose ctime is `since` (its last
+/// heartbeat, less a margin) or later is queued in `maps` at once, as a live change, so that
+/// what changed while no syncer was watching does not wait for the pass to reach it. The pass
+/// still covers everything; this walk only brings those changes forward. Local metadata only.
+pub fn recent_walk(
+    root: &Path,
+    since: (i64, u32),
+    maps: &[Arc<DedupMap>],
+    threads: usize,
+) -> Result<Report, StateError> {
+    let everyone: Vec<usize> = (0..maps.len()).collect();
+    let shared = Mutex::new(Shared {
+        queue: VecDeque::from([(PathBuf::new(), everyone)]),
+        busy: 0,
+        report: Report {
+            changes: vec![0; maps.len()],
+            ..Report::default()
+        },
+        failed: None,
+    });
+    if let Ok(Some(m)) = stat::lstat(root, Path::new("")) {
+        if recent(&m, since) == Recent::Shallow {
+            for m in maps {
+                m.schedule(Path::new(""), crate::queue::Op::Shallow, Instant::now());
+            }
+        }
+    }
+    run(shared, threads, &|dir, _| {
+        recent_dir(root, dir, since, maps)
+    })
+}
+
+/// Reads one directory for [`recent_walk`].
+fn recent_dir(
+    root: &Path,
+    dir: &Path,
+    since: (i64, u32),
+    maps: &[Arc<DedupMap>],
+) -> Result<DirDone, StateError> {
+    // Unreadable or gone: the pass reports it and covers what is there.
+    let Ok(Some(src)) = stat::read_dir(&root.join(dir)) else {
+        return Ok(DirDone {
+            entries: 0,
+            changes: Vec::new(),
+            descend: Vec::new(),
+        });
+    };
+    let everyone: Vec<usize> = (0..maps.len()).collect();
+    let (mut files, mut dirs, mut descend) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, m) in &src {
+        let path = dir.join(OsStr::from_bytes(name));
+        match recent(m, since) {
+            Recent::Old => {}
+            Recent::Send => files.push(Change::new(&path, ChangeKind::Modified, false)),
+            Recent::Shallow => dirs.push(path.clone()),
+        }
+        if m.is_dir() {
+            descend.push((path, everyone.clone()));
+        }
+    }
+    let now = Instant::now();
+    let mut changes = Vec::new();
+    for (i, map) in maps.iter().enumerate() {
+        let mut n = 0;
+        push(map, &files, &mut n);
+        for d in &dirs {
+            map.schedule(d, crate::queue::Op::Shallow, now);
+        }
+        changes.push((i, n + dirs.len() as u64));
+    }
+    Ok(DirDone {
+        entries: src.len() as u64,
+        changes,
+        descend,
+    })
 }
 
 fn push(map: &DedupMap, changes: &[Change], count: &mut u64) {
@@ -180,7 +290,7 @@ fn push(map: &DedupMap, changes: &[Change], count: &mut u64) {
     }
 }
 
-fn worker(root: &Path, targets: &[Compared], shared: &Mutex<Shared>, cond: &Condvar) {
+fn worker(shared: &Mutex<Shared>, cond: &Condvar, visit: &Visit<'_>) {
     loop {
         let (dir, active) = {
             let mut g = shared.lock().expect("walk state");
@@ -199,7 +309,7 @@ fn worker(root: &Path, targets: &[Compared], shared: &Mutex<Shared>, cond: &Cond
                 g = cond.wait(g).expect("walk state");
             }
         };
-        let result = compare_dir(root, &dir, &active, targets);
+        let result = visit(&dir, &active);
         let mut g = shared.lock().expect("walk state");
         g.busy -= 1;
         match result {
@@ -349,5 +459,68 @@ mod tests {
         for (name, src, idx, want) in table {
             assert_eq!(diff(src.as_ref(), idx.as_ref()), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn recent_decisions() {
+        let with = |mut x: Meta, c: (i64, u32)| {
+            x.ctime = c;
+            x
+        };
+        let since = (100, 500);
+        #[rustfmt::skip]
+        let table: &[(&str, Meta, Recent)] = &[
+            ("file changed before", with(m(Kind::File, 1), (100, 499)), Recent::Old),
+            ("file changed at the moment", with(m(Kind::File, 1), (100, 500)), Recent::Send),
+            ("file changed after", with(m(Kind::File, 1), (101, 0)), Recent::Send),
+            ("symlink made after", with(m(Kind::Symlink, 1), (200, 0)), Recent::Send),
+            ("directory unchanged", with(m(Kind::Dir, 2), (99, 0)), Recent::Old),
+            ("directory whose entries changed", with(m(Kind::Dir, 2), (150, 0)), Recent::Shallow),
+        ];
+        for (name, meta, want) in table {
+            assert_eq!(recent(meta, since), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_walk_ahead_queues_only_what_changed_since() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("old/deep")).unwrap();
+        std::fs::create_dir_all(r.join("touched")).unwrap();
+        std::fs::write(r.join("old/deep/kept"), b"x").unwrap();
+        std::fs::write(r.join("old/deep/rewritten"), b"x").unwrap();
+        std::fs::write(r.join("touched/gone"), b"x").unwrap();
+        // ctimes come from a coarse clock: leave it time to move on.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let since = (now.as_secs() as i64, now.subsec_nanos());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::write(r.join("old/deep/rewritten"), b"y").unwrap();
+        std::fs::remove_file(r.join("touched/gone")).unwrap();
+        std::fs::write(r.join("new"), b"z").unwrap();
+        let map = Arc::new(DedupMap::new(std::time::Duration::ZERO));
+        let rep = recent_walk(r, since, std::slice::from_ref(&map), 2).unwrap();
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let mut got: Vec<String> = map
+            .take_due(far, 100, true)
+            .into_iter()
+            .map(|t| format!("{} {:?}", t.path.display(), t.pending.op))
+            .collect();
+        got.sort();
+        // The root's entries changed (new), so did touched's (gone): shallow passes; the
+        // rewritten file and the new one: sent; the rest is left to the pass.
+        assert_eq!(
+            got,
+            [
+                " Shallow",
+                "new Update",
+                "old/deep/rewritten Update",
+                "touched Shallow"
+            ],
+        );
+        assert_eq!(rep.dirs, 4);
     }
 }

@@ -67,6 +67,8 @@ pub struct State {
     db: Database,
     meta: Keyspace,
     writer: Writer,
+    /// When the previous syncer on this state was last alive (its heartbeat), if one was.
+    last_alive: Option<std::time::SystemTime>,
     thread: Option<std::thread::JoinHandle<()>>,
     _lock: File,
 }
@@ -117,18 +119,23 @@ impl State {
                 .map_err(|e| damaged(dir, e))?,
             Err(e) => return Err(damaged(dir, e)),
         }
+        let last_alive = match meta.get(writer::ALIVE_KEY) {
+            Ok(Some(v)) => writer::alive_time(&v),
+            _ => None,
+        };
         let writer = Writer::new();
         let failed = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (db, failed, dir, w) = (
+            let (db, meta, failed, dir, w) = (
                 db.clone(),
+                meta.clone(),
                 failed.clone(),
                 dir.to_path_buf(),
                 writer.clone(),
             );
             std::thread::Builder::new()
                 .name("state-writer".into())
-                .spawn(move || writer::write_loop(&db, &w, &failed, &dir))
+                .spawn(move || writer::write_loop(&db, &meta, &w, &failed, &dir))
                 .map_err(io)?
         };
         Ok(State {
@@ -136,6 +143,7 @@ impl State {
             db,
             meta,
             writer,
+            last_alive,
             thread: Some(thread),
             _lock: lock,
         })
@@ -172,6 +180,12 @@ impl State {
     /// Waits until everything written so far is durable.
     pub fn flush(&self) {
         self.writer.flush();
+    }
+
+    /// When the previous syncer on this state was last alive (its heartbeat: at most about a
+    /// second old while it was writing, two when idle); `None` on a fresh state.
+    pub fn last_alive(&self) -> Option<std::time::SystemTime> {
+        self.last_alive
     }
 
     pub fn dir(&self) -> &Path {
@@ -250,6 +264,30 @@ mod tests {
             .collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn heartbeat_says_when_the_last_syncer_was_alive() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, src) = (t.path().join("state"), t.path().join("src"));
+        std::fs::create_dir_all(&src).unwrap();
+        let s = State::open(&dir, &src, false).unwrap();
+        assert_eq!(s.last_alive(), None, "a fresh state has no previous syncer");
+        // Written at the stop: the time the state was left.
+        let t0 = std::time::SystemTime::now();
+        s.target("t").unwrap().set_complete(false);
+        s.flush();
+        drop(s);
+        let s = State::open(&dir, &src, false).unwrap();
+        let alive = s.last_alive().expect("the previous syncer's heartbeat");
+        let after = std::time::SystemTime::now();
+        assert!(
+            alive >= t0 && alive <= after,
+            "{alive:?} between {t0:?} and {after:?}"
+        );
+        drop(s);
+        let s = State::open(&dir, &src, true).unwrap();
+        assert_eq!(s.last_alive(), None, "--full-resync forgets it too");
     }
 
     #[test]

@@ -12,6 +12,30 @@ use tracing::{debug, warn};
 /// How often writes are made durable (the group commit).
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// The meta key of the writer's heartbeat: the wall-clock time (ns since the epoch, LE) at
+/// which this state was last known to be in use. A start after a crash reads it: what changed
+/// in the source since then cannot have been seen.
+pub(super) const ALIVE_KEY: &str = "alive";
+
+/// How often the heartbeat is written along with other writes, and when idle (idle beats are
+/// not synced: a crash keeps them, a power loss leaves an older one, which only means more).
+const ALIVE_BUSY: Duration = Duration::from_secs(1);
+const ALIVE_IDLE: Duration = Duration::from_secs(2);
+
+/// The heartbeat's value for `t`.
+pub(super) fn alive_value(t: std::time::SystemTime) -> [u8; 8] {
+    let ns = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    ns.to_le_bytes()
+}
+
+/// The time a heartbeat value says (`None` for anything else).
+pub(super) fn alive_time(v: &[u8]) -> Option<std::time::SystemTime> {
+    let ns = u64::from_le_bytes(v.try_into().ok()?);
+    Some(std::time::UNIX_EPOCH + Duration::from_nanos(ns))
+}
+
 /// How long the writer gathers writes into one batch (what a kill -9 can lose at most, with
 /// the batch being written).
 const GATHER: Duration = Duration::from_millis(10);
@@ -137,14 +161,25 @@ fn take(
 }
 
 /// The writer thread: writes what comes in batches, syncs every [`SYNC_EVERY`] while there
-/// are writes (and when asked), until the state closes.
-pub(super) fn write_loop(db: &Database, writer: &Writer, failed: &AtomicBool, dir: &Path) {
+/// are writes (and when asked), beats ([`ALIVE_KEY`]), until the state closes.
+pub(super) fn write_loop(
+    db: &Database,
+    meta: &Keyspace,
+    writer: &Writer,
+    failed: &AtomicBool,
+    dir: &Path,
+) {
     let mut last_sync = std::time::Instant::now();
+    let mut last_beat: Option<std::time::Instant> = None;
     let mut unsynced = false;
     loop {
-        // Wait for work, but wake to sync what is written and not yet durable.
-        let timeout = unsynced.then(|| SYNC_EVERY.saturating_sub(last_sync.elapsed()));
-        let Some(writes) = writer.take(timeout) else {
+        // Wait for work, but wake to sync what is written and not yet durable, and to beat.
+        let beat_in = last_beat.map_or(Duration::ZERO, |t| ALIVE_IDLE.saturating_sub(t.elapsed()));
+        let timeout = match unsynced {
+            true => SYNC_EVERY.saturating_sub(last_sync.elapsed()).min(beat_in),
+            false => beat_in,
+        };
+        let Some(writes) = writer.take(Some(timeout)) else {
             break;
         };
         let mut batch = db.batch();
@@ -153,6 +188,18 @@ pub(super) fn write_loop(db: &Database, writer: &Writer, failed: &AtomicBool, di
         let mut stop = false;
         for w in writes {
             take(w, &mut batch, &mut n, &mut flushes, &mut stop);
+        }
+        let every = if n > 0 { ALIVE_BUSY } else { ALIVE_IDLE };
+        if stop || last_beat.is_none_or(|t| t.elapsed() >= every) {
+            batch.insert(meta, ALIVE_KEY, alive_value(std::time::SystemTime::now()));
+            last_beat = Some(std::time::Instant::now());
+            if n == 0 {
+                // A beat alone is written, not synced.
+                let _ = batch.commit();
+                batch = db.batch();
+            } else {
+                n += 1;
+            }
         }
         if n > 0 {
             if let Err(e) = batch.commit() {

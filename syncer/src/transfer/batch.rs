@@ -157,8 +157,10 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| Duration::from_millis(n);
         let linger = LINGER.as_millis() as u64;
+        // passing, live in flight, ready, ms since the oldest was due, held until, why
+        type Row = (bool, usize, usize, u64, Option<u64>, &'static str);
         #[rustfmt::skip]
-        let table: &[(bool, usize, usize, u64, Option<u64>, &str)] = &[
+        let table: &[Row] = &[
             // passing, live in flight, ready, ms since the oldest was due, held until (ms)
             (false, 1, 5, 0, None, "no pass: live work goes as it comes"),
             (true, 0, 5, 0, None, "nothing live in flight: goes at once"),

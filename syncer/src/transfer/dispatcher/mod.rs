@@ -5,7 +5,8 @@
 //! Ordering: an entry that overlaps a transfer in flight that started before the entry's latest
 //! event waits for it ([`super::guard`]); it is parked on the guard's node that blocks it and
 //! handed back when that node changes, so a completion costs what it releases, never a scan of
-//! what waits. Live work takes a shard first; the pass always keeps one piece in flight.
+//! what waits. Live work takes a shard first (held back briefly behind a live batch in flight
+//! while a pass runs: [`batch::hold_live`]); the pass always keeps one piece in flight.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
