@@ -33,8 +33,8 @@ pub struct Planned {
 }
 
 /// How much earlier than the previous syncer's last heartbeat the walk ahead of a pass
-/// starts: its heartbeat may be a second older than what it last wrote, its source may have
-/// been behind the kernel, and ctimes come from a coarse clock.
+/// starts: its heartbeat may be up to 2 s older than its death (1 s while writing), its
+/// source may have been behind the kernel, and ctimes come from a coarse clock.
 pub const RECENT_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The ctime `RECENT_MARGIN` before `alive`.
