@@ -54,6 +54,8 @@ pub struct LiveOpts {
     pub rebuild: bool,
     /// Keep the target copy's UUID (the same as the source's), to check that it is harmless.
     pub same_uuid: bool,
+    /// The load starts once the start-up pass ended; CPU and rsync runs count from then.
+    pub settled: bool,
 }
 
 impl LiveOpts {
@@ -332,6 +334,8 @@ pub struct LiveSample {
     pub rate: f64,
     /// Seconds after spawn of the kill -9 (and immediate restart), if this row has one.
     pub kill_s: Option<f64>,
+    /// The load started once the start-up pass ended (CPU and rsync runs from then on).
+    pub settled: bool,
     pub duration_s: f64,
     /// Fresh copies of both images for this row (parallel), seconds.
     pub copy_s: f64,
@@ -677,21 +681,27 @@ fn thread_cpu(pid: i32) -> Vec<(String, f64)> {
     v
 }
 
-/// Machine-wide counters at the start of a row's window.
+/// Machine-wide counters at the start of a row's window, and the tool's own when the window
+/// starts after its spawn (settled rows).
 struct Base {
     t0: u64,
     daemon_cpu: f64,
     conn: u64,
     busy: f64,
     own: f64,
+    tool_cpu: f64,
+    tool_self: f64,
 }
 
-fn base(c: &Ctx) -> Base {
+fn base(c: &Ctx, tool: Option<i32>) -> Base {
+    let t = tool.map(|pid| c.monitor.sample_now(pid));
     Base {
         daemon_cpu: c.monitor.sample_now(c.daemon.pid()).cpu_s,
         conn: c.daemon.connections(),
         busy: machine_busy_s(),
         own: own_cpu_s(),
+        tool_cpu: t.as_ref().map_or(0.0, |t| t.cpu_s),
+        tool_self: t.as_ref().map_or(0.0, |t| t.self_cpu_s),
         t0: mono_ns(),
     }
 }
@@ -712,6 +722,7 @@ pub fn live_row(
         dirs: p.dirs,
         rate,
         kill_s,
+        settled: c.o.live.settled && rate > 0.0,
         duration_s: if rate > 0.0 { c.o.live.duration_s } else { 0.0 },
         converge_cap_s: c.o.live.converge_cap_s,
         ..LiveSample::default()
@@ -729,12 +740,14 @@ pub fn live_row(
         dir: &run_dir,
         initial_sync: true,
     };
-    let b = base(c);
+    let mut b = base(c, None);
     let run = tools::start(tool, &env)?;
     c.monitor.track(run.proc.pid);
     let kill_at = kill_s.map(|k| run.t_spawn + (k * 1e9) as u64);
     let mut inst = Instances { run, killed: None };
-    let r = measure(c, &mut s, &mut inst, &env, p, &watcher, kill_at, &b, dir);
+    let r = measure(
+        c, &mut s, &mut inst, &env, p, &watcher, kill_at, &mut b, dir,
+    );
     c.monitor.untrack(inst.run.proc.pid);
     let stopped = inst.run.stop(Duration::from_secs(30));
     let seen = watcher.stop()?;
@@ -763,11 +776,18 @@ fn measure(
     p: &Pristine,
     watcher: &Watcher,
     kill_at: Option<u64>,
-    b: &Base,
+    b: &mut Base,
     dir: &Path,
 ) -> Result<Option<LiveGenReport>> {
     let lo = &c.o.live;
     let tool = inst.run.tool;
+    if s.settled {
+        // Steady state: the pass is over before the first operation, and the window starts here.
+        let cap = Duration::from_secs_f64(lo.startup_cap_s);
+        let t = inst.run.tap.wait_for(tool.ready_marker(), cap)?;
+        s.startup_s = Some(secs(t - inst.run.t_spawn));
+        *b = base(c, Some(inst.run.proc.pid));
+    }
     let (rep, gen_cpu) = run_load(c, inst, env, p, s.rate, kill_at, dir)?;
     if inst.run.proc.exited() {
         bail!(
@@ -826,9 +846,9 @@ fn account(c: &Ctx, s: &mut LiveSample, inst: &Instances, b: &Base, gen_cpu: f64
         ),
         None => (0.0, 0.0, 0, 0),
     };
-    s.tool_cpu_s = now.cpu_s + old_cpu;
+    s.tool_cpu_s = now.cpu_s + old_cpu - b.tool_cpu;
     if inst.run.tool.is_syncer() {
-        s.self_cpu_s = Some(now.self_cpu_s + old_self);
+        s.self_cpu_s = Some(now.self_cpu_s + old_self - b.tool_self);
         s.threads = thread_cpu(pid);
     }
     s.daemon_cpu_s = (d.cpu_s - b.daemon_cpu).max(0.0);

@@ -56,7 +56,10 @@ fn cpu_per_kop(sec: &LiveSection, s: &LiveSample) -> (Option<f64>, Option<f64>) 
         return (None, None);
     }
     let per = |x: f64| x * 1000.0 / s.ops as f64;
-    let base = baseline(sec, s).and_then(|b| b.self_cpu_s);
+    // A settled row counts from the load's start: all of it is the load's.
+    let base = baseline(sec, s)
+        .filter(|_| !s.settled)
+        .and_then(|b| b.self_cpu_s);
     (Some(per(own)), base.map(|b| per((own - b).max(0.0))))
 }
 
@@ -99,7 +102,11 @@ fn images(s: &mut String, sec: &LiveSection) {
 }
 
 fn row(s: &mut String, sec: &LiveSection, x: &LiveSample, cpus: f64) {
-    let kill = x.kill_s.map_or("–".into(), |k| format!("at {k} s"));
+    let kill = match x.kill_s {
+        Some(k) => format!("at {k} s"),
+        None if x.settled => "– (load after the pass)".into(),
+        None => "–".into(),
+    };
     if let Some(e) = &x.error {
         let e = e.lines().next().unwrap_or("");
         let _ = writeln!(
@@ -114,7 +121,7 @@ fn row(s: &mut String, sec: &LiveSection, x: &LiveSample, cpus: f64) {
     }
     let load = x.rate > 0.0;
     let vs = baseline(sec, x)
-        .filter(|b| load && b.startup_s.is_some())
+        .filter(|b| load && !x.settled && b.startup_s.is_some())
         .and_then(|b| Some(x.startup_s? / b.startup_s?))
         .map_or("–".into(), |r| format!("{r:.2}×"));
     let startup = match (x.startup_s, x.first_startup_s) {
@@ -170,6 +177,9 @@ fn ratios(sec: &LiveSection, tree: Option<&TreeSection>) -> Vec<String> {
     let ok: Vec<&LiveSample> = sec.samples.iter().filter(|x| x.error.is_none()).collect();
     let mut n = Vec::new();
     for x in ok.iter().filter(|x| x.rate > 0.0) {
+        if x.settled {
+            continue;
+        }
         let kill = if x.kill_s.is_some() {
             " with kill -9 + restart"
         } else {
@@ -310,7 +320,13 @@ pub fn tables(s: &mut String, sec: &LiveSection, tree: Option<&TreeSection>) {
         o.kill_s.map_or(String::new(), |k| format!(
             " Rows \"kill -9\": the tool gets SIGKILL {k} s after spawn and is started again at \
              once with the same arguments."
-        )),
+        )) + if o.settled {
+            " Rows \"load after the pass\" (--live-settled): the load starts once the start-up \
+             pass ended (steady state on the tree); their CPU, rsync runs and latencies count from \
+             the load's start, the busiest thread's CPU from the spawn."
+        } else {
+            ""
+        },
         o.converge_cap_s,
         o.startup_cap_s,
         sec.elapsed_s

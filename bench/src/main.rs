@@ -233,6 +233,10 @@ struct LiveArgs {
     /// Seconds after spawn of the kill -9 + restart rows; 0 = no such rows (default 6).
     #[arg(long)]
     live_kill: Option<f64>,
+    /// Start the load only once the start-up pass ended (steady state on a big tree): CPU,
+    /// rsync runs and latencies count from the load's start; no kill rows.
+    #[arg(long)]
+    live_settled: bool,
     /// Longest wait for convergence after the writer stops (default 180; quick 60).
     #[arg(long)]
     live_converge_cap: Option<f64>,
@@ -307,7 +311,8 @@ fn resolve_live(a: &LiveArgs, q: bool) -> Result<LiveOpts> {
         peer_rates: list_f64(&pick(&a.live_peer_rates, "0,500", "0,500", "none"))?,
         tools,
         duration_s: a.live_duration.unwrap_or(if q { 15.0 } else { 30.0 }),
-        kill_s: (kill > 0.0).then_some(kill),
+        kill_s: (kill > 0.0 && !a.live_settled).then_some(kill),
+        settled: a.live_settled,
         converge_cap_s: a.live_converge_cap.unwrap_or(if q { 60.0 } else { 180.0 }),
         startup_cap_s: a.live_startup_cap.unwrap_or(if q { 180.0 } else { 900.0 }),
         mix: LiveMix::parse(&a.live_mix)?,
