@@ -152,14 +152,14 @@ pub fn walk(source: &Path, targets: &[Compared]) {
     }
 }
 
-/// Runs the walk ahead of the pass for the targets in `maps` (on this thread): entries changed
-/// since `since` are queued at once.
-pub fn recent(source: &Path, since: (i64, u32), maps: &[Arc<DedupMap>]) {
-    if maps.is_empty() {
+/// Runs the walk ahead of the pass for `targets` (on this thread): entries changed since
+/// `since` that a target's index does not certify are queued at once in its map.
+pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared]) {
+    if targets.is_empty() {
         return;
     }
     let t0 = Instant::now();
-    match catchup::recent_walk(source, since, maps, WALK_THREADS) {
+    match catchup::recent_walk(source, since, targets, WALK_THREADS) {
         Ok(r) => info!(
             dirs = r.dirs,
             entries = r.entries,

@@ -152,7 +152,10 @@ fn initial_sync(
     let ahead: Vec<_> = planned
         .iter()
         .filter(|p| p.recent_since.is_some() && cfg.initial_sync)
-        .map(|p| p.map.clone())
+        .map(|p| Compared {
+            state: p.state.clone(),
+            map: p.map.clone(),
+        })
         .collect();
     let since = planned.iter().filter_map(|p| p.recent_since).min();
     let source = cfg.source.clone();

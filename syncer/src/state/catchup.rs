@@ -181,11 +181,14 @@ fn run(shared: Mutex<Shared>, threads: usize, visit: &Visit<'_>) -> Result<Repor
 }
 
 /// What the start-up walk after a crash does with one entry it meets whose ctime is `since`
-/// or later: nothing can have seen that change.
+/// or later: the previous syncer may not have seen that change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recent {
     /// Older than `since`: the pass covers it (or the journal held it).
     Old,
+    /// Recent, but the index holds exactly this metadata: a transfer that read this state
+    /// succeeded before the previous syncer stopped, and the target has it.
+    Certified,
     /// A file (symlink, ...) written, made, renamed or chmod'ed since: send it.
     Send,
     /// A directory whose entries (or itself) changed since: a shallow pass of it, which also
@@ -193,10 +196,13 @@ pub enum Recent {
     Shallow,
 }
 
-/// The decision for an entry with metadata `m`.
-pub fn recent(m: &Meta, since: (i64, u32)) -> Recent {
+/// The decision for an entry with metadata `m`, which the target's index records as `idx`.
+/// Only latency rides on it: the pass covers every entry anyway.
+pub fn recent(m: &Meta, idx: Option<&Meta>, since: (i64, u32)) -> Recent {
     match (m.ctime >= since, m.is_dir()) {
         (false, _) => Recent::Old,
+        // Any change moves the ctime: the same record is the same state.
+        (true, _) if idx == Some(m) => Recent::Certified,
         (true, false) => Recent::Send,
         (true, true) => Recent::Shallow,
     }
@@ -204,34 +210,38 @@ pub fn recent(m: &Meta, since: (i64, u32)) -> Recent {
 
 /// The walk a start does while a full pass runs, when the previous syncer on this state died
 /// (or stopped) before its pass was done: every entry whose ctime is `since` (its last
-/// heartbeat, less a margin) or later is queued in `maps` at once, as a live change, so that
-/// what changed while no syncer was watching does not wait for the pass to reach it. The pass
-/// still covers everything; this walk only brings those changes forward. Local metadata only.
+/// heartbeat, less a margin) or later, and which the target's index does not certify, is
+/// queued in that target's map at once, as a live change, so that what changed while no
+/// syncer was watching (or what it saw and had not yet sent or journaled) does not wait for
+/// the pass to reach it, and what it had sent is not sent twice. The pass still covers
+/// everything; this walk only brings those changes forward. Local metadata only.
 pub fn recent_walk(
     root: &Path,
     since: (i64, u32),
-    maps: &[Arc<DedupMap>],
+    targets: &[Compared],
     threads: usize,
 ) -> Result<Report, StateError> {
-    let everyone: Vec<usize> = (0..maps.len()).collect();
+    let everyone: Vec<usize> = (0..targets.len()).collect();
     let shared = Mutex::new(Shared {
         queue: VecDeque::from([(PathBuf::new(), everyone)]),
         busy: 0,
         report: Report {
-            changes: vec![0; maps.len()],
+            changes: vec![0; targets.len()],
             ..Report::default()
         },
         failed: None,
     });
     if let Ok(Some(m)) = stat::lstat(root, Path::new("")) {
-        if recent(&m, since) == Recent::Shallow {
-            for m in maps {
-                m.schedule(Path::new(""), crate::queue::Op::Shallow, Instant::now());
+        for t in targets {
+            let idx = t.state.get(Path::new(""))?;
+            if recent(&m, idx.as_ref(), since) == Recent::Shallow {
+                t.map
+                    .schedule(Path::new(""), crate::queue::Op::Shallow, Instant::now());
             }
         }
     }
     run(shared, threads, &|dir, _| {
-        recent_dir(root, dir, since, maps)
+        recent_dir(root, dir, since, targets)
     })
 }
 
@@ -240,7 +250,7 @@ fn recent_dir(
     root: &Path,
     dir: &Path,
     since: (i64, u32),
-    maps: &[Arc<DedupMap>],
+    targets: &[Compared],
 ) -> Result<DirDone, StateError> {
     // Unreadable or gone: the pass reports it and covers what is there.
     let Ok(Some(src)) = stat::read_dir(&root.join(dir)) else {
@@ -250,26 +260,31 @@ fn recent_dir(
             descend: Vec::new(),
         });
     };
-    let everyone: Vec<usize> = (0..maps.len()).collect();
-    let (mut files, mut dirs, mut descend) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, m) in &src {
-        let path = dir.join(OsStr::from_bytes(name));
-        match recent(m, since) {
-            Recent::Old => {}
-            Recent::Send => files.push(Change::new(&path, ChangeKind::Modified, false)),
-            Recent::Shallow => dirs.push(path.clone()),
-        }
-        if m.is_dir() {
-            descend.push((path, everyone.clone()));
-        }
-    }
+    let everyone: Vec<usize> = (0..targets.len()).collect();
+    let descend = src
+        .iter()
+        .filter(|(_, m)| m.is_dir())
+        .map(|(name, _)| (dir.join(OsStr::from_bytes(name)), everyone.clone()))
+        .collect();
     let now = Instant::now();
     let mut changes = Vec::new();
-    for (i, map) in maps.iter().enumerate() {
+    for (i, t) in targets.iter().enumerate() {
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        for (name, m) in &src {
+            if m.ctime < since {
+                continue;
+            }
+            let path = dir.join(OsStr::from_bytes(name));
+            match recent(m, t.state.get(&path)?.as_ref(), since) {
+                Recent::Old | Recent::Certified => {}
+                Recent::Send => files.push(Change::new(&path, ChangeKind::Modified, false)),
+                Recent::Shallow => dirs.push(path),
+            }
+        }
         let mut n = 0;
-        push(map, &files, &mut n);
+        push(&t.map, &files, &mut n);
         for d in &dirs {
-            map.schedule(d, crate::queue::Op::Shallow, now);
+            t.map.schedule(d, crate::queue::Op::Shallow, now);
         }
         changes.push((i, n + dirs.len() as u64));
     }
@@ -412,7 +427,7 @@ fn compare_dir(
 
 #[cfg(test)]
 mod tests {
-    use super::super::meta::Kind;
+    use super::super::meta::{IndexUpdate, Kind};
     use super::*;
 
     fn m(kind: Kind, ino: u64) -> Meta {
@@ -468,24 +483,34 @@ mod tests {
             x
         };
         let since = (100, 500);
+        let (f, d) = (
+            with(m(Kind::File, 1), (101, 0)),
+            with(m(Kind::Dir, 2), (150, 0)),
+        );
+        let older = |x: &Meta| with(*x, (100, 400));
         #[rustfmt::skip]
-        let table: &[(&str, Meta, Recent)] = &[
-            ("file changed before", with(m(Kind::File, 1), (100, 499)), Recent::Old),
-            ("file changed at the moment", with(m(Kind::File, 1), (100, 500)), Recent::Send),
-            ("file changed after", with(m(Kind::File, 1), (101, 0)), Recent::Send),
-            ("symlink made after", with(m(Kind::Symlink, 1), (200, 0)), Recent::Send),
-            ("directory unchanged", with(m(Kind::Dir, 2), (99, 0)), Recent::Old),
-            ("directory whose entries changed", with(m(Kind::Dir, 2), (150, 0)), Recent::Shallow),
+        let table: &[(&str, Meta, Option<Meta>, Recent)] = &[
+            ("file changed before", with(m(Kind::File, 1), (100, 499)), None, Recent::Old),
+            ("file changed at the moment", with(m(Kind::File, 1), (100, 500)), None, Recent::Send),
+            ("file changed after, not in the index", f, None, Recent::Send),
+            ("file changed after its certificate", f, Some(older(&f)), Recent::Send),
+            ("file sent as it is now", f, Some(f), Recent::Certified),
+            ("file sent, then replaced by another inode", with(m(Kind::File, 9), (101, 0)), Some(f), Recent::Send),
+            ("symlink made after", with(m(Kind::Symlink, 1), (200, 0)), None, Recent::Send),
+            ("directory unchanged", with(m(Kind::Dir, 2), (99, 0)), None, Recent::Old),
+            ("directory whose entries changed", d, None, Recent::Shallow),
+            ("directory changed after its certificate", d, Some(older(&d)), Recent::Shallow),
+            ("directory sent as it is now", d, Some(d), Recent::Certified),
         ];
-        for (name, meta, want) in table {
-            assert_eq!(recent(meta, since), *want, "{name}");
+        for (name, meta, idx, want) in table {
+            assert_eq!(recent(meta, idx.as_ref(), since), *want, "{name}");
         }
     }
 
     #[test]
     fn the_walk_ahead_queues_only_what_changed_since() {
         let t = tempfile::tempdir().unwrap();
-        let r = t.path();
+        let r = &t.path().join("src");
         std::fs::create_dir_all(r.join("old/deep")).unwrap();
         std::fs::create_dir_all(r.join("touched")).unwrap();
         std::fs::write(r.join("old/deep/kept"), b"x").unwrap();
@@ -501,8 +526,25 @@ mod tests {
         std::fs::write(r.join("old/deep/rewritten"), b"y").unwrap();
         std::fs::remove_file(r.join("touched/gone")).unwrap();
         std::fs::write(r.join("new"), b"z").unwrap();
+        std::fs::write(r.join("sent"), b"s").unwrap();
+        std::fs::write(r.join("sent-then-written"), b"s").unwrap();
+        // What the previous syncer had sent: certified as it is now, or before a later write.
+        let state = super::super::State::open(&t.path().join("state"), r, false).unwrap();
+        let ts = state.target("t").unwrap();
+        let meta = |p: &str| stat::lstat(r, Path::new(p)).unwrap().unwrap();
+        ts.apply(&[
+            IndexUpdate::Put("sent".into(), meta("sent")),
+            IndexUpdate::Put("sent-then-written".into(), meta("sent-then-written")),
+        ]);
+        ts.flush();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(r.join("sent-then-written"), b"t").unwrap();
         let map = Arc::new(DedupMap::new(std::time::Duration::ZERO));
-        let rep = recent_walk(r, since, std::slice::from_ref(&map), 2).unwrap();
+        let targets = [Compared {
+            state: ts,
+            map: map.clone(),
+        }];
+        let rep = recent_walk(r, since, &targets, 2).unwrap();
         let far = Instant::now() + std::time::Duration::from_secs(60);
         let mut got: Vec<String> = map
             .take_due(far, 100, true)
@@ -511,13 +553,15 @@ mod tests {
             .collect();
         got.sort();
         // The root's entries changed (new), so did touched's (gone): shallow passes; the
-        // rewritten file and the new one: sent; the rest is left to the pass.
+        // rewritten file, the new one and the one written after it was sent: sent; the one
+        // sent as it is and the rest are left to the pass.
         assert_eq!(
             got,
             [
                 " Shallow",
                 "new Update",
                 "old/deep/rewritten Update",
+                "sent-then-written Update",
                 "touched Shallow"
             ],
         );
