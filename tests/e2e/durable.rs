@@ -13,6 +13,9 @@
 //! - `changes_while_down_go_ahead_of_an_unfinished_pass`: a syncer killed before its first
 //!   pass was done; what changed meanwhile (a rewrite that restores mtime and size, which the
 //!   pass's quick check cannot see) is found by the walk ahead of the next pass.
+//! - `periodic_verify_with_checksums_repairs_drift_on_the_targets`: bytes rotted on a target
+//!   (size and mtime kept), a file lost and one gained there: the periodic verify's contents
+//!   check finds them and they are repaired; the next verify finds nothing.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
@@ -412,5 +415,63 @@ fn changes_while_down_go_ahead_of_an_unfinished_pass() {
     assert!(
         (3..=10).contains(&queued),
         "{queued} entries queued ahead of the pass:\n{log}"
+    );
+}
+
+#[test]
+fn periodic_verify_with_checksums_repairs_drift_on_the_targets() {
+    let Some(rig) = Rig::new() else { return };
+    let files = make_tree(&rig.src.join("t"), &TreeSpec::new(300));
+    let config = rig.write_config(
+        "verify.toml",
+        "verify_interval_s = 10\nverify_checksum = true\n",
+    );
+    let mut s = rig.spawn(
+        SourceKind::Fanotify,
+        &["--config", config.to_str().unwrap()],
+    );
+    s.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    rig.assert_converges(&mut s);
+
+    // Drift that no event and no walk of the source can see, on both targets: a file whose
+    // bytes changed but not its size or mtime, a file the target lost, one it gained.
+    for t in rig.target_dirs() {
+        let rotted = t.join("t").join(&files[5]);
+        let before = std::fs::symlink_metadata(&rotted).unwrap();
+        write_file(&rotted, &vec![b'?'; before.len() as usize]);
+        set_mtime(&rotted, before_mtime(&before).0, before_mtime(&before).1);
+        std::fs::remove_file(t.join("t").join(&files[7])).unwrap();
+        write_file(&t.join("t/stray"), b"not in the source\n");
+    }
+    s.wait_for_log("contents differ from the source", Duration::from_secs(60));
+    rig.assert_converges(&mut s);
+    // A later verify finds nothing left.
+    let mark = s.log().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !s.log()[mark..].contains("contents match the source") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no clean verify after the repair:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = s.stop();
+    let found: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("contents differ"))
+        .map(|l| {
+            l.split("differences=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .expect("the verify says how many")
+        })
+        .collect();
+    // Per target: the rotted file, the lost one, the stray one (and their directory's
+    // mtime); nothing of the rest of the tree.
+    assert!(
+        found.iter().sum::<u64>() >= 6 && found.iter().all(|&n| n <= 8),
+        "differences found {found:?}:\n{log}"
     );
 }

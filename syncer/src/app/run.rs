@@ -25,6 +25,7 @@ use crate::queue::Fanout;
 use crate::shutdown::Shutdown;
 use crate::source::{self, SourceConfig, SourceExit, SourceHandle};
 use crate::state::catchup::Compared;
+use crate::transfer::check::check_contents;
 
 /// Restarts of a dying source allowed within [`RESTART_WINDOW`].
 pub const RESTARTS: usize = 3;
@@ -192,22 +193,56 @@ async fn tick(t: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// The periodic verify: a catch-up walk against every complete index.
+/// The periodic verify: a catch-up walk against every complete index, then, with
+/// `verify_checksum`, each of those targets' contents check (an rsync dry run with
+/// `--checksum`); what either finds is queued and replicated like any change.
 fn spawn_verify(cfg: &Config, planned: &[restore::Planned]) -> tokio::task::JoinHandle<()> {
-    let targets: Vec<Compared> = planned
+    let complete: Vec<usize> = (0..planned.len())
+        .filter(|&i| planned[i].state.is_complete())
+        .collect();
+    let targets: Vec<Compared> = complete
         .iter()
-        .filter(|p| p.state.is_complete())
-        .map(|p| Compared {
-            state: p.state.clone(),
-            map: p.map.clone(),
+        .map(|&i| Compared {
+            state: planned[i].state.clone(),
+            map: planned[i].map.clone(),
         })
         .collect();
     info!(
         targets = targets.len(),
+        checksum = cfg.verify_checksum,
         "verify: comparing the source with the index"
     );
+    let checks: Vec<_> = complete
+        .iter()
+        .filter(|_| cfg.verify_checksum)
+        .map(|&i| {
+            let t = &cfg.targets[i];
+            (
+                t.display.clone(),
+                crate::target::transport(&cfg.source, t, &cfg.rsync),
+                planned[i].map.clone(),
+                planned[i].state.tag().to_string(),
+            )
+        })
+        .collect();
     let source = cfg.source.clone();
-    tokio::task::spawn_blocking(move || restore::walk(&source, &targets))
+    tokio::spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || restore::walk(&source, &targets)).await;
+        for (name, transport, map, tag) in checks {
+            let t0 = Instant::now();
+            let done = check_contents(&*transport, &map, Some(tag)).await;
+            let ms = t0.elapsed().as_millis() as u64;
+            match done {
+                Ok(0) => {
+                    info!(target = %name, ms, "verify: the target's contents match the source")
+                }
+                Ok(n) => {
+                    warn!(target = %name, differences = n, ms, "verify: the target's contents differ from the source; the differences are queued")
+                }
+                Err(e) => warn!(target = %name, ms, "verify: {e}; tried again at the next verify"),
+            }
+        }
+    })
 }
 
 async fn exited(src: &mut Option<SourceHandle>) {

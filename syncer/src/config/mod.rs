@@ -56,6 +56,9 @@ pub struct Config {
     /// Every this long, the source is walked against each target's index and what differs
     /// is replicated (off by default).
     pub verify_interval: Option<Duration>,
+    /// With the periodic verify: also compare contents with the target (an rsync dry run with
+    /// `--checksum` over the whole tree, which reads every file on both hosts).
+    pub verify_checksum: bool,
 }
 
 /// Settings as read from the command line or the config file, before merging and validation.
@@ -79,6 +82,7 @@ pub struct Settings {
     pub drain_timeout_s: Option<u64>,
     pub state_dir: Option<PathBuf>,
     pub verify_interval_s: Option<u64>,
+    pub verify_checksum: Option<bool>,
     /// Command line only.
     #[serde(skip)]
     pub full_resync: Option<bool>,
@@ -130,6 +134,7 @@ impl Settings {
             drain_timeout_s: self.drain_timeout_s.or(lower.drain_timeout_s),
             state_dir: self.state_dir.or(lower.state_dir),
             verify_interval_s: self.verify_interval_s.or(lower.verify_interval_s),
+            verify_checksum: self.verify_checksum.or(lower.verify_checksum),
             full_resync: self.full_resync.or(lower.full_resync),
         }
     }
@@ -164,6 +169,23 @@ impl Settings {
                 format!("{ring_kib} must be a power of two from 4 to 1048576"),
             );
         }
+        let verify_interval = match self.verify_interval_s {
+            None | Some(0) => None,
+            Some(s) if s < 10 => {
+                return invalid(
+                    "verify_interval_s",
+                    format!("{s} s: at least 10 s, or 0 for off"),
+                )
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
+        let verify_checksum = self.verify_checksum.unwrap_or(false);
+        if verify_checksum && verify_interval.is_none() {
+            return invalid(
+                "verify_checksum",
+                "is part of the periodic verify: set verify_interval_s too".into(),
+            );
+        }
         Ok(Config {
             source,
             targets,
@@ -183,16 +205,8 @@ impl Settings {
             drain_timeout: Duration::from_secs(self.drain_timeout_s.unwrap_or(60)),
             state_dir,
             full_resync: self.full_resync.unwrap_or(false),
-            verify_interval: match self.verify_interval_s {
-                None | Some(0) => None,
-                Some(s) if s < 10 => {
-                    return invalid(
-                        "verify_interval_s",
-                        format!("{s} s: at least 10 s, or 0 for off"),
-                    )
-                }
-                Some(s) => Some(Duration::from_secs(s)),
-            },
+            verify_interval,
+            verify_checksum,
         })
     }
 }
@@ -382,5 +396,45 @@ mod tests {
         };
         let msg = missing.into_config().unwrap_err().to_string();
         assert!(msg.contains("--source") && msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn verify_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let with = |interval: Option<u64>, checksum: Option<bool>| Settings {
+            source: Some(src.clone()),
+            targets: Some(vec![dir.path().join("dst").display().to_string()]),
+            verify_interval_s: interval,
+            verify_checksum: checksum,
+            ..Settings::default()
+        };
+        // (interval, checksum) -> Ok((period, checksum)) or the key the error names.
+        type Want = Result<(Option<u64>, bool), &'static str>;
+        #[rustfmt::skip]
+        let table: &[(Option<u64>, Option<bool>, Want)] = &[
+            (None, None, Ok((None, false))),
+            (Some(0), None, Ok((None, false))),
+            (Some(3600), None, Ok((Some(3600), false))),
+            (Some(3600), Some(true), Ok((Some(3600), true))),
+            (Some(5), None, Err("verify_interval_s")),
+            (None, Some(true), Err("verify_checksum")),
+            (Some(0), Some(true), Err("verify_checksum")),
+            (None, Some(false), Ok((None, false))),
+        ];
+        for (interval, checksum, want) in table {
+            let got = with(*interval, *checksum)
+                .into_config()
+                .map(|c| (c.verify_interval.map(|d| d.as_secs()), c.verify_checksum))
+                .map_err(|e| e.to_string());
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{interval:?} {checksum:?}"),
+                (Err(key), Err(msg)) => {
+                    assert!(msg.starts_with(key), "{interval:?} {checksum:?}: {msg}")
+                }
+                _ => panic!("{interval:?} {checksum:?}: {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -165,6 +165,18 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn probe_addr(&self) -> Option<(String, u16)> {
         None
     }
+
+    /// The process that lists, without changing anything, what differs between the source
+    /// and the target, contents compared (the periodic verify's deep check), if this transport
+    /// has one. Its standard output goes to [`Transport::drift`].
+    fn check(&self) -> Option<Invocation> {
+        None
+    }
+
+    /// The changes that make the target match the source, read from a check's output.
+    fn drift(&self, _out: &[u8]) -> Vec<crate::change::Change> {
+        Vec::new()
+    }
 }
 
 /// The transport for `target`, replicating `source`.

@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{Invocation, Target, Transport};
+use crate::change::{Change, ChangeKind};
 
 /// How rsync is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,31 @@ impl Transport for Rsync {
     fn probe_addr(&self) -> Option<(String, u16)> {
         self.target.probe_addr()
     }
+
+    fn check(&self) -> Option<Invocation> {
+        Some(Invocation {
+            program: self.opts.program.clone(),
+            args: check_args(&self.opts, &self.source, &self.target),
+            stdin: Vec::new(),
+        })
+    }
+
+    fn drift(&self, out: &[u8]) -> Vec<Change> {
+        drift(out)
+    }
+}
+
+/// rsync's reason, for the log: its first specific complaint (`@ERROR: ...`, `rsync: ...`:
+/// the cause, where later ones are consequences such as a broken pipe) rather than the
+/// summary line (`rsync error: ... (code 23)`), else the last line.
+pub fn reason(stderr: &str) -> &str {
+    let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines()
+        .find(|l| {
+            l.starts_with("@ERROR") || (l.starts_with("rsync: ") && !l.starts_with("rsync error:"))
+        })
+        .or_else(|| lines().next_back())
+        .unwrap_or("(no message)")
 }
 
 /// Whether rsync's message says it could not reach the target at all (rather than being
@@ -166,6 +192,92 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
     a.push(src);
     a.push(target.rsync_dest().into());
     a
+}
+
+/// The argument vector of the contents check: a dry run of the whole tree with `--checksum`
+/// (every file read on both hosts) and `--delete`, itemizing what would change, one line each.
+pub fn check_args(opts: &RsyncOptions, source: &Path, target: &Target) -> Vec<OsString> {
+    let mut a: Vec<OsString> = [
+        "-a",
+        "--numeric-ids",
+        "-r",
+        "--delete",
+        "--force",
+        "--checksum",
+        "--dry-run",
+        "--modify-window=-1",
+        "--out-format=%i %n",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    a.push(format!("--timeout={}", opts.io_timeout_s).into());
+    if target.is_daemon() {
+        a.push("--sockopts=TCP_NODELAY".into());
+        a.push("--contimeout=10".into());
+    }
+    if let Some(pw) = &target.password_file {
+        let mut o = OsString::from("--password-file=");
+        o.push(pw);
+        a.push(o);
+    }
+    a.extend(opts.extra_args.iter().map(OsString::from));
+    let mut src = source.as_os_str().to_os_string();
+    src.push("/");
+    a.push(src);
+    a.push(target.rsync_dest().into());
+    a
+}
+
+/// The changes that make the target match the source, from the output of [`check_args`]:
+/// `*deleting   name` is a removal, any other item (`>fc........ name`, `.d..t...... dir/`,
+/// `cL+++++++++ link`) an entry to send. Names come escaped (`\#ooo` for a byte rsync will
+/// not print); a directory's ends with `/`, the root is `./`. Lines that are not items are
+/// skipped.
+pub fn drift(out: &[u8]) -> Vec<Change> {
+    let mut v = Vec::new();
+    for line in out.split(|&b| b == b'\n') {
+        // An item is 11 characters, a space, the name.
+        if line.len() < 13 || line[11] != b' ' {
+            continue;
+        }
+        let (item, name) = (&line[..11], unescape(&line[12..]));
+        let dir = name.ends_with(b"/");
+        let name = name.strip_suffix(b"/").unwrap_or(&name);
+        let name: &[u8] = if name == b"." { b"" } else { name };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+        if item.starts_with(b"*deleting") {
+            v.push(Change::new(path, ChangeKind::Removed, dir));
+        } else if matches!(item[0], b'<' | b'>' | b'c' | b'h' | b'.')
+            && matches!(item[1], b'f' | b'd' | b'L' | b'D' | b'S')
+        {
+            v.push(Change::new(path, ChangeKind::Modified, item[1] == b'd'));
+        }
+    }
+    v
+}
+
+/// rsync's escapes in printed names: `\#` and three octal digits for one byte.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let oct = s
+            .get(i + 2..i + 5)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (s[i], s.get(i + 1), oct) {
+            (b'\\', Some(b'#'), Some(d)) => {
+                let n = d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0'));
+                out.push(n as u8);
+                i += 5;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Appends one path to a `--from0` list. The source root is written as `.`; a `Shallow` entry
@@ -293,5 +405,49 @@ mod tests {
             "changed files must not be quick-checked"
         );
         assert!(!plain.iter().any(|x| x == "-r" || x == "--delete"));
+    }
+
+    #[test]
+    fn drift_from_itemized_output() {
+        // Real output of the check (rsync 3.2+), and what each line asks for.
+        let out = b"*deleting   xd/y/z\n*deleting   xd/\n.d..t...... ./\n.L..t...... l\n\
+                    >fc........ d1/g\n>fc........ d1/new\\#012line\n>f+++++++++ d1/back\\slash #1\n\
+                    .d..tp..... d2/\ncd+++++++++ nd/\nskipping non-regular file \"x\"\n\n";
+        let got: Vec<(String, ChangeKind, bool)> = drift(out)
+            .into_iter()
+            .map(|c| (c.path.to_string_lossy().into_owned(), c.kind, c.is_dir))
+            .collect();
+        use ChangeKind::*;
+        #[rustfmt::skip]
+        let want: Vec<(String, ChangeKind, bool)> = [
+            ("xd/y/z", Removed, false), ("xd", Removed, true), ("", Modified, true),
+            ("l", Modified, false), ("d1/g", Modified, false), ("d1/new\nline", Modified, false),
+            ("d1/back\\slash #1", Modified, false), ("d2", Modified, true), ("nd", Modified, true),
+        ]
+        .iter()
+        .map(|(p, k, d)| (p.to_string(), *k, *d))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_check_is_a_dry_run_comparing_contents() {
+        let opts = RsyncOptions {
+            program: PathBuf::from("rsync"),
+            extra_args: vec![],
+            io_timeout_s: 60,
+        };
+        let t = Target::parse("/dst", None).unwrap();
+        let a = check_args(&opts, Path::new("/src"), &t);
+        for want in [
+            "--checksum",
+            "--dry-run",
+            "--delete",
+            "-r",
+            "--out-format=%i %n",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+        }
+        assert!(!a.iter().any(|x| x == "--files-from=-"));
     }
 }

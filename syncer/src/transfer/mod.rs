@@ -12,6 +12,7 @@
 //! [`Transport`]: crate::target::Transport
 
 pub mod batch;
+pub mod check;
 pub mod dispatcher;
 pub mod guard;
 pub mod health;

@@ -1,6 +1,7 @@
 //! A shard: one task per rsync slot of a target, running one process at a time for the batches
-//! the dispatcher hands it, and sending each outcome back. [`run_invocation`] is the only place
-//! in syncer that spawns processes.
+//! the dispatcher hands it, and sending each outcome back. [`run_process`] (behind
+//! [`run_invocation`] for batches and [`run_check`] for the periodic verify's contents check) is
+//! the only place in syncer that spawns processes.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,14 +31,7 @@ impl BatchResult {
     /// the cause, where later ones are consequences such as a broken pipe) rather than the
     /// summary line (`rsync error: ... (code 23)`), else the last line.
     pub fn reason(&self) -> &str {
-        let lines = || self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
-        lines()
-            .find(|l| {
-                l.starts_with("@ERROR")
-                    || (l.starts_with("rsync: ") && !l.starts_with("rsync error:"))
-            })
-            .or_else(|| lines().next_back())
-            .unwrap_or("(no message)")
+        crate::target::rsync::reason(&self.stderr)
     }
 }
 
@@ -124,10 +118,32 @@ const STDERR_KEEP: usize = 8192;
 /// Runs one invocation: its stdin written, its stderr kept (the end of it). Returns the exit
 /// code (`None`: killed by a signal), or `Err` when it could not be started, with the reason.
 async fn run_invocation(inv: Invocation, tag: Option<String>) -> (Result<Option<i32>, ()>, String) {
+    let (code, _, stderr) = run_process(inv, tag, false).await;
+    (code, stderr)
+}
+
+/// Runs a check (see [`crate::target::Transport::check`]): like a batch's process, with its
+/// standard output kept whole. Returns the exit code, the output and the end of stderr.
+pub async fn run_check(
+    inv: Invocation,
+    tag: Option<String>,
+) -> (Result<Option<i32>, ()>, Vec<u8>, String) {
+    run_process(inv, tag, true).await
+}
+
+async fn run_process(
+    inv: Invocation,
+    tag: Option<String>,
+    keep_stdout: bool,
+) -> (Result<Option<i32>, ()>, Vec<u8>, String) {
     let mut cmd = tokio::process::Command::new(&inv.program);
     cmd.args(&inv.args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(if keep_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     // Tagged, so that a syncer starting on this state after a crash can find and stop the
@@ -140,13 +156,19 @@ async fn run_invocation(inv: Invocation, tag: Option<String>) -> (Result<Option<
         Err(e) => {
             return (
                 Err(()),
+                Vec::new(),
                 format!("cannot run {}: {e}", inv.program.display()),
             )
         }
     };
     let (Some(mut stdin), Some(mut stderr)) = (child.stdin.take(), child.stderr.take()) else {
-        return (Err(()), "the child's pipes were not set up".into());
+        return (
+            Err(()),
+            Vec::new(),
+            "the child's pipes were not set up".into(),
+        );
     };
+    let stdout = child.stdout.take();
     let list = inv.stdin;
     let writer = async move {
         // The process may exit early (target down) and close the pipe: its exit code says so.
@@ -169,13 +191,21 @@ async fn run_invocation(inv: Invocation, tag: Option<String>) -> (Result<Option<
         }
         buf
     };
-    let (_, err) = tokio::join!(writer, reader);
+    let output = async move {
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = s.read_to_end(&mut out).await;
+        }
+        out
+    };
+    let (_, err, out) = tokio::join!(writer, reader, output);
     let text = String::from_utf8_lossy(&err).into_owned();
     match child.wait().await {
-        Ok(s) => (Ok(s.code()), text),
+        Ok(s) => (Ok(s.code()), out, text),
         // Waiting failed: treated as a process killed by a signal (the target may be fine).
         Err(e) => (
             Ok(None),
+            out,
             format!("waiting for {}: {e}", inv.program.display()),
         ),
     }
