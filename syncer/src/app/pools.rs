@@ -126,7 +126,7 @@ impl Pools {
                 paths = s.paths_done.load(Ordering::Relaxed),
                 rsync_spawned = s.rsync_spawned.load(Ordering::Relaxed),
                 failed_batches = s.failed_batches.load(Ordering::Relaxed),
-                dropped = s.dropped_vanished.load(Ordering::Relaxed),
+                dropped = s.dropped.load(Ordering::Relaxed),
                 "pool finished"
             );
         }

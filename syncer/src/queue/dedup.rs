@@ -144,15 +144,14 @@ impl DedupMap {
         };
         let key = slot.key().clone();
         let inflight = slot.inflight;
-        let cur = slot.pending.as_ref().map(|p| (p.op, p.born));
-        let (op, born) = next_state(cur, c.kind, c.is_dir, inflight);
+        let cur = slot.pending.as_ref().map(|p| p.op);
+        let op = next_state(cur, c.kind, c.is_dir);
         trace!(path = %c.path.display(), kind = ?c.kind, dir = c.is_dir, ?op, inflight, "change");
         let before = slot.pending.as_ref().map(|p| (p.op, p.is_dir));
         let pending = match slot.pending.take() {
             Some(mut p) => {
                 self.uncount(&p);
                 p.op = op;
-                p.born = born;
                 p.is_dir = c.is_dir;
                 p.due = (now + self.delay).min(p.first + self.max_wait).max(p.due);
                 p.last = now;
@@ -162,7 +161,6 @@ impl DedupMap {
                 let p = Pending {
                     op,
                     is_dir: c.is_dir,
-                    born,
                     first: now,
                     last: now,
                     due: now + self.delay,
@@ -198,7 +196,6 @@ impl DedupMap {
         let request = Pending {
             op,
             is_dir,
-            born: false,
             first: due,
             last: due,
             due,
@@ -474,7 +471,6 @@ mod tests {
         let got = m.take_due(t0 + Duration::from_secs(5), 10, false);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].pending.op, Op::Delete);
-        assert!(!got[0].pending.vanished());
     }
 
     #[test]

@@ -27,9 +27,6 @@ pub enum Op {
 pub struct Pending {
     pub op: Op,
     pub is_dir: bool,
-    /// The path did not exist on the target when this entry began (it was created here, and no
-    /// transfer of it was in flight), so a removal before any transfer may need none.
-    pub born: bool,
     /// When the first event of this entry arrived.
     pub first: Instant,
     /// When the latest event of this entry arrived.
@@ -45,36 +42,27 @@ impl Pending {
     pub fn covers_subtree(&self) -> bool {
         self.op == Op::Tree || (self.op == Op::Delete && self.is_dir)
     }
-
-    /// A file created and removed again before any transfer could have copied it.
-    pub fn vanished(&self) -> bool {
-        self.op == Op::Delete && self.born && !self.is_dir
-    }
 }
 
-/// The coalescing rule: the `(op, born)` state after `kind` happens to a path whose pending
-/// state is `cur`. `inflight` tells whether a transfer of the path is running now.
-pub fn next_state(
-    cur: Option<(Op, bool)>,
-    kind: ChangeKind,
-    is_dir: bool,
-    inflight: bool,
-) -> (Op, bool) {
+/// The coalescing rule: the op after `kind` happens to a path whose pending op is `cur`.
+/// A removal is always sent, even of a file created since the last transfer: a transfer of
+/// an ancestor (a subtree, a shallow pass, a piece of a pass), or a failed one of the file
+/// itself, may have copied it meanwhile, and the deletion of a name the target never had costs
+/// a path in a batch, where an extra file left on the target would be wrong until a rescan.
+pub fn next_state(cur: Option<Op>, kind: ChangeKind, is_dir: bool) -> Op {
     use ChangeKind::*;
     let moved_in = if is_dir { Op::Tree } else { Op::Update };
     match (cur, kind) {
-        (_, Rescan) => (Op::Tree, false),
-        (None, Created) => (Op::Update, !inflight),
-        (None, Modified) => (Op::Update, false),
-        (None, MovedIn) => (moved_in, false),
-        (None, Removed) => (Op::Delete, false),
-        (Some((op, born)), Removed) => (Op::Delete, born && op != Op::Tree),
+        (_, Rescan) => Op::Tree,
+        (None, Created | Modified) => Op::Update,
+        (None, MovedIn) => moved_in,
+        (_, Removed) => Op::Delete,
         // A rename over an existing name: whatever was there may be on the target.
-        (Some(_), MovedIn) => (moved_in, false),
+        (Some(_), MovedIn) => moved_in,
         // A directory removed and made again: the target may still hold the old contents.
-        (Some((Op::Delete, false)), Created | Modified) if is_dir => (Op::Tree, false),
-        (Some((Op::Delete, born)), Created | Modified) => (Op::Update, born),
-        (Some((op, born)), Created | Modified) => (op, born),
+        (Some(Op::Delete), Created | Modified) if is_dir => Op::Tree,
+        (Some(Op::Delete), Created | Modified) => Op::Update,
+        (Some(op), Created | Modified) => op,
     }
 }
 
@@ -92,7 +80,6 @@ pub fn merge_retry(old: &Pending, newer: Option<Pending>) -> Pending {
     Pending {
         op,
         is_dir: newer.is_dir,
-        born: false,
         first: old.first.min(newer.first),
         last: old.last.max(newer.last),
         due: old.due.max(newer.due),
@@ -106,29 +93,25 @@ mod tests {
     use ChangeKind::*;
 
     /// What the dispatcher will transfer for a path after a sequence of events.
-    fn outcome(events: &[(ChangeKind, bool)], inflight_at_start: bool) -> &'static str {
+    fn outcome(events: &[(ChangeKind, bool)]) -> &'static str {
         let mut state = None;
-        for (i, &(kind, is_dir)) in events.iter().enumerate() {
-            state = Some(next_state(state, kind, is_dir, inflight_at_start && i == 0));
+        for &(kind, is_dir) in events {
+            state = Some(next_state(state, kind, is_dir));
         }
-        let is_dir = events.last().map(|e| e.1).unwrap_or(false);
-        match state {
+        name(state)
+    }
+
+    fn name(op: Option<Op>) -> &'static str {
+        match op {
             None => "nothing",
-            Some((Op::Delete, true)) if !is_dir => "nothing (vanished)",
-            Some((Op::Delete, _)) => "delete",
-            Some((Op::Update, _)) => "update",
-            Some((Op::Tree, _)) => "tree",
-            Some((Op::Shallow, _)) => "shallow",
+            Some(Op::Delete) => "delete",
+            Some(Op::Update) => "update",
+            Some(Op::Tree) => "tree",
+            Some(Op::Shallow) => "shallow",
         }
     }
 
-    /// (name, events as (kind, is_dir), in flight when the first event came, outcome)
-    type Case = (
-        &'static str,
-        &'static [(ChangeKind, bool)],
-        bool,
-        &'static str,
-    );
+    type Case = (&'static str, &'static [(ChangeKind, bool)], &'static str);
 
     #[test]
     fn coalescing_rules() {
@@ -136,27 +119,69 @@ mod tests {
         const D: bool = true;
         #[rustfmt::skip]
         let table: &[Case] = &[
-            ("many writes become one transfer", &[(Created, F), (Modified, F), (Modified, F), (Modified, F)], false, "update"),
-            ("rewrite of an existing file", &[(Modified, F), (Modified, F)], false, "update"),
-            ("create then delete transfers nothing", &[(Created, F), (Modified, F), (Removed, F)], false, "nothing (vanished)"),
-            ("create then delete while a copy is in flight", &[(Created, F), (Removed, F)], true, "delete"),
-            ("delete then create replaces", &[(Removed, F), (Created, F)], false, "update"),
-            ("modify then delete deletes", &[(Modified, F), (Removed, F)], false, "delete"),
-            ("rename over an existing file, then delete", &[(MovedIn, F), (Removed, F)], false, "delete"),
-            ("created, deleted, created again", &[(Created, F), (Removed, F), (Created, F)], false, "update"),
-            ("mkdir", &[(Created, D)], false, "update"),
-            ("mkdir then rmdir still deletes (children may have gone out)", &[(Created, D), (Removed, D)], false, "delete"),
-            ("directory deleted and recreated", &[(Removed, D), (Created, D)], false, "tree"),
-            ("directory renamed in", &[(MovedIn, D)], false, "tree"),
-            ("directory renamed away", &[(Modified, D), (Removed, D)], false, "delete"),
-            ("swap chain: a->tmp, b->a", &[(Removed, D), (MovedIn, D)], false, "tree"),
-            ("rescan wins over updates", &[(Modified, F), (Rescan, D)], false, "tree"),
-            ("tree then removed deletes", &[(MovedIn, D), (Removed, D)], false, "delete"),
-            ("tree absorbs later updates", &[(MovedIn, D), (Modified, D)], false, "tree"),
-            ("attribute change of a directory", &[(Modified, D)], false, "update"),
+            ("many writes become one transfer", &[(Created, F), (Modified, F), (Modified, F), (Modified, F)], "update"),
+            ("rewrite of an existing file", &[(Modified, F), (Modified, F)], "update"),
+            ("create then delete sends the deletion (an ancestor's transfer may have copied it)", &[(Created, F), (Modified, F), (Removed, F)], "delete"),
+            ("delete then create replaces", &[(Removed, F), (Created, F)], "update"),
+            ("modify then delete deletes", &[(Modified, F), (Removed, F)], "delete"),
+            ("rename over an existing file, then delete", &[(MovedIn, F), (Removed, F)], "delete"),
+            ("created, deleted, created again", &[(Created, F), (Removed, F), (Created, F)], "update"),
+            ("mkdir", &[(Created, D)], "update"),
+            ("mkdir then rmdir still deletes (children may have gone out)", &[(Created, D), (Removed, D)], "delete"),
+            ("directory deleted and recreated", &[(Removed, D), (Created, D)], "tree"),
+            ("directory renamed in", &[(MovedIn, D)], "tree"),
+            ("directory renamed away", &[(Modified, D), (Removed, D)], "delete"),
+            ("swap chain: a->tmp, b->a", &[(Removed, D), (MovedIn, D)], "tree"),
+            ("rescan wins over updates", &[(Modified, F), (Rescan, D)], "tree"),
+            ("tree then removed deletes", &[(MovedIn, D), (Removed, D)], "delete"),
+            ("tree absorbs later updates", &[(MovedIn, D), (Modified, D)], "tree"),
+            ("attribute change of a directory", &[(Modified, D)], "update"),
         ];
-        for (name, events, inflight, want) in table {
-            assert_eq!(outcome(events, *inflight), *want, "{name}");
+        for (name, events, want) in table {
+            assert_eq!(outcome(events), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn retry_rules() {
+        let t0 = Instant::now();
+        let p = |op: Op, is_dir: bool| Pending {
+            op,
+            is_dir,
+            first: t0,
+            last: t0,
+            due: t0,
+            attempts: 1,
+        };
+        const F: bool = false;
+        const D: bool = true;
+        // (what failed, what came meanwhile, then one more event) -> what is transferred.
+        type Retry = (
+            &'static str,
+            Pending,
+            Option<Pending>,
+            Option<(ChangeKind, bool)>,
+            &'static str,
+        );
+        #[rustfmt::skip]
+        let table: &[Retry] = &[
+            ("a failed file comes back as it was", p(Op::Update, F), None, None, "update"),
+            ("a created file whose (partial) transfer failed, then removed: the removal is sent",
+             p(Op::Update, F), None, Some((Removed, F)), "delete"),
+            ("the same with the removal arriving during the failed transfer",
+             p(Op::Update, F), Some(p(Op::Delete, F)), None, "delete"),
+            ("a failed deletion under a re-creation of the directory", p(Op::Delete, D), Some(p(Op::Update, D)), None, "tree"),
+            ("a failed subtree absorbs newer updates", p(Op::Tree, D), Some(p(Op::Update, D)), None, "tree"),
+            ("a failed shallow pass absorbs updates", p(Op::Shallow, D), Some(p(Op::Update, D)), None, "shallow"),
+            ("newer events win otherwise", p(Op::Update, F), Some(p(Op::Delete, F)), None, "delete"),
+        ];
+        for (what, failed, newer, then, want) in table {
+            let m = merge_retry(failed, newer.clone());
+            let op = match then {
+                Some((kind, is_dir)) => next_state(Some(m.op), *kind, *is_dir),
+                None => m.op,
+            };
+            assert_eq!(name(Some(op)), *want, "{what}");
         }
     }
 }

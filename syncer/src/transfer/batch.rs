@@ -236,7 +236,6 @@ mod tests {
         Pending {
             op,
             is_dir,
-            born: false,
             first: due,
             last: due,
             due,

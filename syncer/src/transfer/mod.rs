@@ -44,9 +44,9 @@ pub struct PoolStats {
     pub paths_done: AtomicU64,
     pub rsync_spawned: AtomicU64,
     pub failed_batches: AtomicU64,
-    /// Entries dropped without a transfer: created and removed before any transfer could have
-    /// copied them, or below a directory that became a file.
-    pub dropped_vanished: AtomicU64,
+    /// Entries dropped without a transfer: below a directory that became a file (the
+    /// ancestor's transfer replaces it, children included).
+    pub dropped: AtomicU64,
     /// Paths that have failed alone three times or more (recorded in the state with rsync's
     /// reason, and still retried).
     pub failed_paths: AtomicU64,

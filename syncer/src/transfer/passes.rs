@@ -164,7 +164,6 @@ pub fn entries_of(piece: Piece, level: u32, now: Instant) -> Vec<Taken> {
             pending: Pending {
                 op: Op::Shallow,
                 is_dir: true,
-                born: false,
                 first: now,
                 last: now,
                 due: now,

@@ -46,9 +46,6 @@ pub struct Dispatcher {
     /// What is in flight where; entries waiting for a conflicting transfer are parked in it.
     guard: Guard<Taken>,
     next_seq: Seq,
-    /// Subtree transfers (tree, shallow) in flight, and when the last one ended.
-    trees_inflight: usize,
-    last_tree_end: Option<Instant>,
     /// Live (map) batches in flight, and until when live work is held back behind them
     /// ([`batch::hold_live`]).
     live_inflight: usize,
@@ -90,8 +87,6 @@ impl Dispatcher {
             ready: Ready::default(),
             guard: Guard::default(),
             next_seq: 0,
-            trees_inflight: 0,
-            last_tree_end: None,
             live_inflight: 0,
             held_until: None,
             health: Health::new(cfg.can_probe),
@@ -166,14 +161,13 @@ impl Dispatcher {
             if t.pending.op == Op::Delete && !t.pending.is_dir {
                 self.unlinked(&t.path, now);
             }
-            let vanished = t.pending.vanished() && self.no_tree_since(t.pending.first);
             let meta = std::fs::symlink_metadata(self.source.join(&t.path));
             // A path below a directory that was replaced by a file (or symlink) cannot exist,
             // and rsync refuses it (ENOTDIR is not a missing argument); the ancestor's own
             // transfer replaces the target's directory, children included.
-            if vanished || batch::below_a_file(&meta) {
-                trace!(path = %t.path.display(), vanished, "dropped");
-                self.stats.dropped_vanished.fetch_add(1, Ordering::Relaxed);
+            if batch::below_a_file(&meta) {
+                trace!(path = %t.path.display(), "dropped: below a file");
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 self.map.complete(&t.path, None);
                 continue;
             }
@@ -272,9 +266,6 @@ impl Dispatcher {
             trace!(target = %self.target, seq, ?kind, ?origin, path = %t.path.display(), op = ?t.pending.op, "launch");
             self.guard
                 .mark(guard::key(&t.path), seq, now, batch::reach(t.pending.op));
-            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
-                self.trees_inflight += 1;
-            }
         }
         let seen = (kind == BatchKind::Plain && self.state.is_some()).then(|| {
             entries
@@ -295,12 +286,8 @@ impl Dispatcher {
         }
     }
 
-    fn no_tree_since(&self, since: Instant) -> bool {
-        self.trees_inflight == 0 && self.last_tree_end.is_none_or(|end| end < since)
-    }
-
     /// Ends what a batch held in flight; entries parked behind it go back to the ready queues.
-    fn land(&mut self, batch: &Batch, now: Instant) {
+    fn land(&mut self, batch: &Batch) {
         if batch.origin == Origin::Map {
             self.live_inflight -= 1;
         }
@@ -308,10 +295,6 @@ impl Dispatcher {
         for t in &batch.entries {
             self.guard
                 .unmark(guard::key(&t.path), batch.seq, &mut released);
-            if matches!(t.pending.op, Op::Tree | Op::Shallow) {
-                self.trees_inflight -= 1;
-                self.last_tree_end = Some(now);
-            }
         }
         // Released in the order they were parked, each in front of its queue: reverse so the
         // oldest ends up first.

@@ -22,7 +22,7 @@ impl Dispatcher {
     pub fn finish(&mut self, res: BatchResult) {
         let now = Instant::now();
         self.idle.push(res.shard);
-        self.land(&res.batch, now);
+        self.land(&res.batch);
         trace!(target = %self.target, seq = res.batch.seq, outcome = ?res.outcome, "finished");
         match res.outcome {
             o if o.succeeded() => self.succeeded(res, now),
