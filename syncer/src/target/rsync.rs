@@ -175,6 +175,13 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
             a.push("--delete".into());
         }
     }
+    connection_and_ends(&mut a, opts, source, target);
+    a
+}
+
+/// What every rsync call ends with: the I/O timeout, the daemon's socket options, the
+/// password file, the operator's extra arguments, then `SOURCE/ DEST`.
+fn connection_and_ends(a: &mut Vec<OsString>, opts: &RsyncOptions, source: &Path, target: &Target) {
     a.push(format!("--timeout={}", opts.io_timeout_s).into());
     if target.is_daemon() {
         // Without TCP_NODELAY the client waits on delayed ACKs several times per session.
@@ -191,7 +198,6 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
     src.push("/");
     a.push(src);
     a.push(target.rsync_dest().into());
-    a
 }
 
 /// The argument vector of the contents check: a dry run of the whole tree with `--checksum`
@@ -211,21 +217,7 @@ pub fn check_args(opts: &RsyncOptions, source: &Path, target: &Target) -> Vec<Os
     .iter()
     .map(OsString::from)
     .collect();
-    a.push(format!("--timeout={}", opts.io_timeout_s).into());
-    if target.is_daemon() {
-        a.push("--sockopts=TCP_NODELAY".into());
-        a.push("--contimeout=10".into());
-    }
-    if let Some(pw) = &target.password_file {
-        let mut o = OsString::from("--password-file=");
-        o.push(pw);
-        a.push(o);
-    }
-    a.extend(opts.extra_args.iter().map(OsString::from));
-    let mut src = source.as_os_str().to_os_string();
-    src.push("/");
-    a.push(src);
-    a.push(target.rsync_dest().into());
+    connection_and_ends(&mut a, opts, source, target);
     a
 }
 
