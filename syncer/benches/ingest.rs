@@ -581,6 +581,7 @@ fn run_once(env: &mut Env, wl: Workload, kind: Option<SourceKind>, n: u64) -> Re
                 queue: QueueMode::Unlimited,
                 ebpf_hooks: EbpfHooks::Auto,
                 ebpf_ring_bytes: 8 << 20,
+                caught_up: Default::default(),
             };
             Some(Running(Some(start(
                 kind,

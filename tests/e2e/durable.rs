@@ -13,6 +13,10 @@
 //! - `changes_while_down_go_ahead_of_an_unfinished_pass`: a syncer killed before its first
 //!   pass was done; what changed meanwhile (a rewrite that restores mtime and size, which the
 //!   pass's quick check cannot see) is found by the walk ahead of the next pass.
+//! - `an_unfinished_pass_resumes_where_it_ended` (with `failpoints`): a pass cut short a few
+//!   pieces in; what changed meanwhile in the part it had covered (a directory moved in from
+//!   the part it had not, a new subtree, a same-size same-mtime rewrite, a deletion) reaches
+//!   the targets, and the next start sends only the rest of the pass.
 //! - `periodic_verify_with_checksums_repairs_drift_on_the_targets`: bytes rotted on a target
 //!   (size and mtime kept), a file lost and one gained there: the periodic verify's contents
 //!   check finds them and they are repaired; the next verify finds nothing.
@@ -415,6 +419,88 @@ fn changes_while_down_go_ahead_of_an_unfinished_pass() {
     assert!(
         (3..=10).contains(&queued),
         "{queued} entries queued ahead of the pass:\n{log}"
+    );
+}
+
+#[test]
+fn an_unfinished_pass_resumes_where_it_ended() {
+    if !cfg!(feature = "failpoints") {
+        let msg =
+            "the syncer binary was built without the `failpoints` feature (use cargo xtask test)";
+        assert!(
+            std::env::var_os("SYNCER_E2E_REQUIRE").is_none_or(|v| v != "1"),
+            "{msg}"
+        );
+        eprintln!("SKIP: {msg}");
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    let src = rig.src.clone();
+    let files = make_tree(&src.join("t"), &tree());
+    let made = std::time::Instant::now();
+    // Pieces of at most 4 directories; one target's pool dies when its pass has recorded its
+    // progress a third time (a panic: the supervisor drains the other, then it is killed).
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["run".into(), "--source".into(), src.clone().into()];
+    args.extend(["--state-dir".into(), rig.state_dir().into_os_string()]);
+    args.extend(rig.target_args());
+    args.extend(SourceKind::Fanotify.args().into_iter().map(Into::into));
+    let pieces = rig.state_dir().with_extension("toml");
+    std::fs::write(&pieces, "batch_max = 4\n").unwrap();
+    args.extend(["--delay", DELAY_MS].map(Into::into));
+    args.extend(["--config".into(), pieces.clone().into_os_string()]);
+    // The walk ahead looks back to a few seconds before the last heartbeat: let the tree be
+    // older than that, so that only what follows is recent.
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(made.elapsed()));
+    let mut cmd = std::process::Command::new(syncer_bin());
+    cmd.args(&args).env(
+        "FAILPOINTS",
+        "pass-covered=2*off->panic(cut short by a failpoint)",
+    );
+    let mut first = Syncer::spawn_command(cmd);
+    first.wait_for_log("draining the other targets", MARKER_TIMEOUT);
+    first.kill();
+
+    // While no syncer runs, in the part of the tree the first pieces covered (names that sort
+    // before t/d0/d0, the end of the first piece): a directory moved in from the end of the
+    // tree (its entries keep their ctimes), a new subtree; and in the tree's first leaf, a
+    // rewrite keeping size and mtime and a deletion.
+    std::fs::rename(src.join("t/d5"), src.join("t/d0/a-moved")).unwrap();
+    std::fs::create_dir_all(src.join("t/d0/b-new/deep")).unwrap();
+    write_file(&src.join("t/d0/b-new/deep/f"), b"new\n");
+    let leaf: Vec<_> = files.iter().filter(|f| f.starts_with("d0/d0/d0")).collect();
+    let same = src.join("t").join(leaf[0]);
+    let before = std::fs::symlink_metadata(&same).unwrap();
+    write_file(&same, &vec![b'Z'; before.len() as usize]);
+    set_mtime(&same, before_mtime(&before).0, before_mtime(&before).1);
+    std::fs::remove_file(src.join("t").join(leaf[1])).unwrap();
+
+    let mut second = rig.spawn(
+        SourceKind::Fanotify,
+        &["--config", pieces.to_str().unwrap()],
+    );
+    rig.assert_converges(&mut second);
+    let log = second.stop();
+    let resumed = log.matches("the start-up pass resumes").count();
+    assert!(resumed >= 1, "a target's pass resumed:\n{log}");
+    let mut dirs = Vec::new();
+    walk(&src, &mut dirs);
+    let total = dirs.iter().filter(|p| p.is_dir()).count() as u64;
+    let sent: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(FULL_PASS))
+        .filter_map(|l| {
+            l.split(" dirs=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        sent.iter().any(|&n| n < total),
+        "a resumed pass sends fewer than the {total} directories ({sent:?}):\n{log}"
     );
 }
 

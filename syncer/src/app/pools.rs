@@ -25,13 +25,24 @@ pub struct Pools {
     initial: Vec<oneshot::Receiver<()>>,
 }
 
+/// What the pools are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// `syncer sync`: the pass is finished on shutdown, and nothing watches the tree meanwhile
+    /// (so an unfinished pass records no progress to resume from).
+    Sync,
+    /// `syncer run`: a live source watches the tree; an unfinished pass is abandoned on
+    /// shutdown, its progress recorded for the next start to resume.
+    Run,
+}
+
 impl Pools {
     /// Starts one pool per target as planned (`planned[i]` belongs to `cfg.targets[i]`):
     /// with its map and state, a full pass first where `pass` (and `initial_sync`) says so.
     pub fn start(
         cfg: &Config,
         initial_sync: bool,
-        finish_pass_on_drain: bool,
+        job: Job,
         shutdown: &Shutdown,
         planned: &[Planned],
     ) -> Pools {
@@ -56,7 +67,8 @@ impl Pools {
                     can_probe: target.probe_addr().is_some(),
                     drain_timeout: cfg.drain_timeout,
                     initial_sync: initial_sync && plan.pass,
-                    finish_pass_on_drain,
+                    finish_pass_on_drain: job == Job::Sync,
+                    watched: job == Job::Run,
                 },
                 stats: stats.clone(),
                 initial_done: Some(tx),
@@ -66,6 +78,7 @@ impl Pools {
                     plan.state.clone(),
                     map.clone(),
                 )),
+                resume_after: plan.resume_after.clone().filter(|_| job == Job::Run),
             };
             let shutdown = shutdown.clone();
             p.set

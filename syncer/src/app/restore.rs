@@ -30,6 +30,11 @@ pub struct Planned {
     /// With a pass: the ctime from which entries are queued at once, ahead of the pass (see
     /// [`catchup::recent_walk`]), when a previous syncer used this state.
     pub recent_since: Option<(i64, u32)>,
+    /// With a pass and `recent_since`: how far the previous syncer's pass got (every directory
+    /// up to this path, in the walk's order, was on the target). A `run` resumes its pass
+    /// there: what changed before that point since was seen by that syncer (its journal) or
+    /// is found by the walk ahead (its ctime).
+    pub resume_after: Option<PathBuf>,
 }
 
 /// How much earlier than the previous syncer's last heartbeat the walk ahead of a pass
@@ -44,9 +49,18 @@ fn since(alive: std::time::SystemTime) -> (i64, u32) {
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
-/// Opens the state of `cfg.source` and plans every target.
-pub fn open(cfg: &Config) -> Result<(State, Vec<Planned>), RunError> {
-    let state = match State::open(&cfg.state_dir, &cfg.source, cfg.full_resync) {
+/// Opens the state of `cfg.source` and plans every target; `clock`: the live source's (see
+/// [`State::open_following`]).
+pub fn open(
+    cfg: &Config,
+    clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<(State, Vec<Planned>), RunError> {
+    let state = match State::open_following(
+        &cfg.state_dir,
+        &cfg.source,
+        cfg.full_resync,
+        clock.clone(),
+    ) {
         Ok(s) => s,
         Err(StateError::Damaged { dir, why }) => {
             let aside = State::set_aside(&dir).map_err(|e| {
@@ -56,7 +70,7 @@ pub fn open(cfg: &Config) -> Result<(State, Vec<Planned>), RunError> {
                 )
             })?;
             error!("the state in {} is damaged ({why}); it is kept in {} and rebuilt: full pass against every target", dir.display(), aside.display());
-            State::open(&cfg.state_dir, &cfg.source, true)?
+            State::open_following(&cfg.state_dir, &cfg.source, true, clock)?
         }
         Err(e) => return Err(e.into()),
     };
@@ -101,14 +115,34 @@ pub fn open(cfg: &Config) -> Result<(State, Vec<Planned>), RunError> {
         }
         info!(target = %target, pending = pending.len(), catch_up = if pass { "full pass" } else { "walk against the index" }, "state restored from {}", state.dir().display());
         let recent_since = state.last_alive().filter(|_| pass).map(since);
+        let resume_after = match (recent_since, state.last_alive()) {
+            (Some(_), Some(alive)) if !cfg.full_resync => resume_point(&ts, alive, target),
+            _ => None,
+        };
         planned.push(Planned {
             state: ts,
             map,
             pass,
             recent_since,
+            resume_after,
         });
     }
     Ok((state, planned))
+}
+
+/// Where an unfinished pass of `ts` may resume, given the previous syncer's last heartbeat:
+/// not with a clock now behind that heartbeat (ctimes since may be older than it).
+fn resume_point(
+    ts: &TargetState,
+    alive: std::time::SystemTime,
+    target: &impl std::fmt::Display,
+) -> Option<PathBuf> {
+    let at = ts.pass_covered()?;
+    if std::time::SystemTime::now() < alive {
+        warn!(target = %target, "the clock is behind the previous syncer's last heartbeat: its start-up pass starts over rather than resuming");
+        return None;
+    }
+    Some(at)
 }
 
 /// Runs a catch-up walk for `targets` (on this thread); what differs is queued in their maps.
@@ -153,13 +187,14 @@ pub fn walk(source: &Path, targets: &[Compared]) {
 }
 
 /// Runs the walk ahead of the pass for `targets` (on this thread): entries changed since
-/// `since` that a target's index does not certify are queued at once in its map.
-pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared]) {
+/// `since` that a target's index does not certify are queued at once in its map. `resumed[i]`:
+/// where target i's pass resumes (the walk is then what finds the changes before that point).
+pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared], resumed: &[Option<PathBuf>]) {
     if targets.is_empty() {
         return;
     }
     let t0 = Instant::now();
-    match catchup::recent_walk(source, since, targets, WALK_THREADS) {
+    match catchup::recent_walk(source, since, targets, resumed, WALK_THREADS) {
         Ok(r) => info!(
             dirs = r.dirs,
             entries = r.entries,
@@ -167,8 +202,16 @@ pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared]) {
             ms = t0.elapsed().as_millis() as u64,
             "walk ahead of the pass done: what changed since the previous syncer was last alive is queued"
         ),
-        // The pass covers it all anyway.
-        Err(e) => warn!("the walk ahead of the pass failed ({e}); the pass covers it"),
+        Err(e) => {
+            warn!("the walk ahead of the pass failed ({e}); the pass covers it");
+            // A resumed pass relies on this walk for the part it skips: it starts over.
+            for (t, r) in targets.iter().zip(resumed) {
+                if r.is_some() {
+                    warn!(target = t.state.name(), "the start-up pass starts over from the beginning");
+                    t.map.insert_all(&[crate::change::Change::rescan("")], Instant::now());
+                }
+            }
+        }
     }
 }
 

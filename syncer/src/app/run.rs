@@ -1,6 +1,7 @@
-//! `syncer run`, the supervisor: builds one dedup map per target, starts the event source
-//! (after the maps, so nothing is missed) and the pools (after the source is live, so changes
-//! made during the start-up pass are queued behind it), then watches all of them.
+//! `syncer run`, the supervisor: arms the event source (first, so that nothing is missed while
+//! the state opens), builds one dedup map per target, starts the source's reader into them and
+//! the pools (after the source is live, so changes made during the start-up pass are queued
+//! behind it), then watches all of them.
 //!
 //! - SIGTERM/SIGINT: the source stops, then the pools drain (delays ignored) until their maps
 //!   are empty or nothing succeeded for `drain_timeout_s`; exit 0, or 1 naming what is left.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::pools::Pools;
+use super::pools::{Job, Pools};
 use super::restore;
 use super::RunError;
 use crate::change::{Change, ChangeSink};
@@ -60,23 +61,22 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         signal(SignalKind::interrupt()).map_err(|e| RunError::io("install SIGINT handler", e))?;
 
     let shutdown = Shutdown::new();
-    let (_state, planned) = restore::open(&cfg)?;
-    let maps: Vec<_> = planned.iter().map(|p| p.map.clone()).collect();
-    let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps));
     let scfg = SourceConfig {
         root: cfg.source.clone(),
         queue: cfg.fanotify_queue,
         ebpf_hooks: cfg.ebpf_hooks,
         ebpf_ring_bytes: cfg.ebpf_ring_bytes,
+        caught_up: Default::default(),
     };
-    let mut src = Some(source::start(
-        cfg.source_kind,
-        &scfg,
-        sink.clone(),
-        &shutdown,
-    )?);
+    // Armed before the state is opened (a store recovering after a crash takes a moment):
+    // what changes meanwhile queues in the kernel rather than being left to a walk.
+    let opened = source::open(cfg.source_kind, &scfg)?;
+    let (_state, planned) = restore::open(&cfg, Some(scfg.caught_up.clone()))?;
+    let maps: Vec<_> = planned.iter().map(|p| p.map.clone()).collect();
+    let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps));
+    let mut src = Some(opened.start(sink.clone(), &shutdown)?);
     let started = Instant::now();
-    let mut pools = Pools::start(&cfg, cfg.initial_sync, false, &shutdown, &planned);
+    let mut pools = Pools::start(&cfg, cfg.initial_sync, Job::Run, &shutdown, &planned);
     let mut initial = initial_sync(&cfg, &planned, &mut pools);
     let mut initial_reported = !cfg.initial_sync;
     if !cfg.initial_sync {
@@ -150,19 +150,22 @@ fn initial_sync(
         .collect();
     // Targets that pass after a syncer that used the state died or stopped: what changed
     // since it was last alive goes ahead of the pass (the oldest such moment of them all).
-    let ahead: Vec<_> = planned
+    let (ahead, resumed): (Vec<_>, Vec<_>) = planned
         .iter()
         .filter(|p| p.recent_since.is_some() && cfg.initial_sync)
-        .map(|p| Compared {
-            state: p.state.clone(),
-            map: p.map.clone(),
+        .map(|p| {
+            let t = Compared {
+                state: p.state.clone(),
+                map: p.map.clone(),
+            };
+            (t, p.resume_after.clone())
         })
-        .collect();
+        .unzip();
     let since = planned.iter().filter_map(|p| p.recent_since).min();
     let source = cfg.source.clone();
     let ahead = tokio::task::spawn_blocking(move || {
         if let Some(since) = since {
-            restore::recent(&source, since, &ahead);
+            restore::recent(&source, since, &ahead, &resumed);
         }
     });
     let source = cfg.source.clone();

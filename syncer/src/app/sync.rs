@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::pools::Pools;
+use super::pools::{Job, Pools};
 use super::restore;
 use super::RunError;
 use crate::config::Config;
@@ -15,11 +15,11 @@ pub async fn sync(cfg: Config) -> Result<(), RunError> {
     // Draining from the start: the pools finish the pass and return.
     let shutdown = Shutdown::triggered();
     // The pass builds every target's index (and completes what a crashed run left pending).
-    let (_state, mut planned) = restore::open(&cfg)?;
+    let (_state, mut planned) = restore::open(&cfg, None)?;
     for p in &mut planned {
         p.pass = true;
     }
-    let pools = Pools::start(&cfg, true, true, &shutdown, &planned);
+    let pools = Pools::start(&cfg, true, Job::Sync, &shutdown, &planned);
     let r = pools.finish().await;
     if r.is_ok() {
         info!(ms = started.elapsed().as_millis() as u64, "sync finished");

@@ -10,6 +10,10 @@
 //! over its directory, never for the whole pass; and because pieces are produced while the pool
 //! consumes them (a bounded channel), the walk costs memory for its stack only, never for the
 //! whole tree, and nothing is planned before the first piece goes.
+//!
+//! The walk's order is the paths' order (component by component, names as bytes), so "every
+//! directory up to P is on the target" is one path: a pass cut short can resume *after* P,
+//! skipping whole subtrees before it and reading only the directories above P again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +26,8 @@ use tracing::debug;
 /// Directories to be transferred shallow, in one rsync call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
+    /// Its place in the walk (0, 1, ...); the parts of a failed piece keep it.
+    pub no: u64,
     pub dirs: Vec<PathBuf>,
     /// Entries of those directories when they were read (the directories themselves included).
     pub entries: u64,
@@ -44,6 +50,8 @@ pub struct WalkStats {
     /// Directories that could not be read for a reason other than being gone (their piece
     /// reports the error and is retried).
     pub unreadable: AtomicU64,
+    /// Subtrees skipped whole because a resumed walk had sent them before.
+    pub skipped: AtomicU64,
 }
 
 /// A running walk; dropping it stops the walker.
@@ -58,8 +66,13 @@ pub struct Walk {
 const CHANNEL: usize = 64;
 
 impl Walk {
-    /// Starts walking `rel` below `root`.
-    pub fn start(root: PathBuf, rel: PathBuf, size: PieceSize) -> std::io::Result<Walk> {
+    /// Starts walking `rel` below `root`, after `after` when given (see [`walk`]).
+    pub fn start(
+        root: PathBuf,
+        rel: PathBuf,
+        size: PieceSize,
+        after: Option<PathBuf>,
+    ) -> std::io::Result<Walk> {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let cancel = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WalkStats::default());
@@ -68,7 +81,7 @@ impl Walk {
             std::thread::Builder::new()
                 .name("pass-walk".into())
                 .spawn(move || {
-                    walk(&root, rel, size, &cancel, &stats, |p| {
+                    walk(&root, rel, size, after.as_deref(), &cancel, &stats, |p| {
                         tx.blocking_send(p).is_ok()
                     })
                 })?
@@ -99,17 +112,22 @@ impl Drop for Walk {
 }
 
 /// Walks `rel` below `root` depth first, handing pieces to `emit` (which returns false to stop).
-/// Exposed for tests; [`Walk`] runs it on a thread.
+/// With `after`, only directories after that path in the walk's order are handed out: a
+/// subtree wholly before it is not read, and a directory above it (or it) is read for its
+/// subdirectories only. Exposed for tests; [`Walk`] runs it on a thread.
 pub fn walk(
     root: &Path,
     rel: PathBuf,
     size: PieceSize,
+    after: Option<&Path>,
     cancel: &AtomicBool,
     stats: &WalkStats,
     mut emit: impl FnMut(Piece) -> bool,
 ) {
     let mut stack = vec![rel];
+    let mut no = 0;
     let mut piece = Piece {
+        no,
         dirs: Vec::new(),
         entries: 0,
     };
@@ -118,6 +136,13 @@ pub fn walk(
     while let Some(dir) = stack.pop() {
         if cancel.load(Ordering::Relaxed) {
             return;
+        }
+        // Path order is the walk's order: a directory before `after` and not above it has
+        // its whole subtree before it too.
+        let sent = after.is_some_and(|a| dir.as_path() <= a);
+        if sent && !after.is_some_and(|a| a.starts_with(&dir)) {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         let n = match read_subdirs(&root.join(&dir), &mut subdirs) {
             Ok(n) => n,
@@ -139,12 +164,18 @@ pub fn walk(
         // Depth first, in name order: push in reverse so the smallest name comes next.
         subdirs.sort_unstable_by(|a, b| b.cmp(a));
         stack.extend(subdirs.drain(..).map(|name| dir.join(name)));
+        if sent {
+            // Above (or at) the resume point: its own piece went before.
+            continue;
+        }
         piece.entries += n + 1;
         piece.dirs.push(dir);
         if piece.entries >= size.entries || piece.dirs.len() >= size.dirs {
+            no += 1;
             let full = std::mem::replace(
                 &mut piece,
                 Piece {
+                    no,
                     dirs: Vec::new(),
                     entries: 0,
                 },
@@ -180,15 +211,27 @@ mod tests {
     use super::*;
 
     fn pieces(root: &Path, rel: &str, size: PieceSize) -> Vec<(Vec<String>, u64)> {
+        pieces_after(root, rel, size, None)
+    }
+
+    fn pieces_after(
+        root: &Path,
+        rel: &str,
+        size: PieceSize,
+        after: Option<&str>,
+    ) -> Vec<(Vec<String>, u64)> {
         let mut out = Vec::new();
         let stats = WalkStats::default();
+        let mut nos = Vec::new();
         walk(
             root,
             PathBuf::from(rel),
             size,
+            after.map(Path::new),
             &AtomicBool::new(false),
             &stats,
             |p| {
+                nos.push(p.no);
                 out.push((
                     p.dirs.iter().map(|d| d.display().to_string()).collect(),
                     p.entries,
@@ -196,7 +239,42 @@ mod tests {
                 true
             },
         );
+        assert!(
+            nos.iter().copied().eq(0..nos.len() as u64),
+            "numbered in order: {nos:?}"
+        );
         out
+    }
+
+    #[test]
+    fn a_resumed_walk_hands_out_only_what_comes_after() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["a/x", "a/y", "ab", "b/q", "c/z/deep"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        let one = PieceSize {
+            entries: 1,
+            dirs: 1,
+        };
+        // Walk order: "", a, a/x, a/y, ab, b, b/q, c, c/z, c/z/deep.
+        #[rustfmt::skip]
+        let table: &[(Option<&str>, &[&str], &str)] = &[
+            (None, &["", "a", "a/x", "a/y", "ab", "b", "b/q", "c", "c/z", "c/z/deep"], "no resume point: all"),
+            (Some(""), &["a", "a/x", "a/y", "ab", "b", "b/q", "c", "c/z", "c/z/deep"], "after the root: all but the root"),
+            (Some("a"), &["a/x", "a/y", "ab", "b", "b/q", "c", "c/z", "c/z/deep"], "after a directory: its subdirectories come next"),
+            (Some("a/y"), &["ab", "b", "b/q", "c", "c/z", "c/z/deep"], "a subtree wholly before is skipped"),
+            (Some("b/q"), &["c", "c/z", "c/z/deep"], "last of a subtree"),
+            (Some("a/xa"), &["a/y", "ab", "b", "b/q", "c", "c/z", "c/z/deep"], "a point that no longer exists: what sorts after it"),
+            (Some("c/z/deep"), &[], "after the last directory: nothing"),
+            (Some("zz"), &[], "after everything: nothing"),
+        ];
+        for &(after, want, why) in table {
+            let got: Vec<String> = pieces_after(t.path(), "", one, after)
+                .into_iter()
+                .flat_map(|(d, _)| d)
+                .collect();
+            assert_eq!(got, want, "{why}");
+        }
     }
 
     #[test]

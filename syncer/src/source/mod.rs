@@ -129,6 +129,11 @@ pub struct SourceConfig {
     pub queue: QueueMode,
     pub ebpf_hooks: EbpfHooks,
     pub ebpf_ring_bytes: u32,
+    /// Set by the reader (wall-clock ns since the epoch): every record the kernel queued
+    /// before that moment has been read and handed to the sink; 0 until then. Shared with the
+    /// state's heartbeat, so that "last alive" means "last watching" (see
+    /// [`crate::state::State::follow`]); kept across reopens of the source.
+    pub caught_up: Arc<AtomicU64>,
 }
 
 /// A kernel interface armed on the source tree (mark, watches or programs in place), driven by
@@ -179,37 +184,73 @@ impl SourceHandle {
     }
 }
 
-/// Opens the source of `kind` (resolving `auto` through [`policy`]) on `cfg.root` and starts
-/// its reader thread, which delivers to `sink` until `shutdown` (or a child of it) fires.
+/// A source armed on the kernel, its reader not started: events queue in the kernel from
+/// the moment it is open, so a start can arm it first and open the state meanwhile.
+pub struct Opened {
+    picked: policy::Candidate,
+    source: Box<dyn Source>,
+    stats: Arc<SourceStats>,
+    caught_up: Arc<AtomicU64>,
+}
+
+/// Opens the source of `kind` (resolving `auto` through [`policy`]) on `cfg.root`.
+pub fn open(kind: SourceKind, cfg: &SourceConfig) -> Result<Opened, SourceError> {
+    let stats = Arc::new(SourceStats::default());
+    let (picked, source) = policy::open(kind, cfg, &stats)?;
+    Ok(Opened {
+        picked,
+        source,
+        stats,
+        caught_up: cfg.caught_up.clone(),
+    })
+}
+
+impl Opened {
+    /// Starts the reader thread, which delivers to `sink` (what queued since the open first)
+    /// until `shutdown` (or a child of it) fires.
+    pub fn start(
+        self,
+        sink: Arc<dyn ChangeSink>,
+        shutdown: &Shutdown,
+    ) -> Result<SourceHandle, SourceError> {
+        let Opened {
+            picked,
+            source,
+            stats,
+            caught_up,
+        } = self;
+        let shutdown = shutdown.child();
+        let (tx, exited) = oneshot::channel();
+        let thread = {
+            let (shutdown, stats) = (shutdown.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name(picked.thread_name().into())
+                .spawn(move || {
+                    let exit = reader::run(source, sink, &shutdown, &stats, &caught_up);
+                    let _ = tx.send(());
+                    exit
+                })
+                .map_err(|e| SourceError::Io {
+                    what: format!("spawn the {} thread", picked.thread_name()),
+                    source: e,
+                })?
+        };
+        Ok(SourceHandle {
+            picked,
+            thread: Some(thread),
+            exited,
+            shutdown,
+            stats,
+        })
+    }
+}
+
+/// [`open`] and [`Opened::start`] at once.
 pub fn start(
     kind: SourceKind,
     cfg: &SourceConfig,
     sink: Arc<dyn ChangeSink>,
     shutdown: &Shutdown,
 ) -> Result<SourceHandle, SourceError> {
-    let stats = Arc::new(SourceStats::default());
-    let (picked, source) = policy::open(kind, cfg, &stats)?;
-    let shutdown = shutdown.child();
-    let (tx, exited) = oneshot::channel();
-    let thread = {
-        let (shutdown, stats) = (shutdown.clone(), stats.clone());
-        std::thread::Builder::new()
-            .name(picked.thread_name().into())
-            .spawn(move || {
-                let exit = reader::run(source, sink, &shutdown, &stats);
-                let _ = tx.send(());
-                exit
-            })
-            .map_err(|e| SourceError::Io {
-                what: format!("spawn the {} thread", picked.thread_name()),
-                source: e,
-            })?
-    };
-    Ok(SourceHandle {
-        picked,
-        thread: Some(thread),
-        exited,
-        shutdown,
-        stats,
-    })
+    open(kind, cfg)?.start(sink, shutdown)
 }

@@ -165,12 +165,27 @@ pub fn catch_up(root: &Path, targets: &[Compared], threads: usize) -> Result<Rep
 /// One directory's visit: what it found and where to go on.
 type Visit<'a> = dyn Fn(&Path, &[usize]) -> Result<DirDone, StateError> + Sync + 'a;
 
+/// How much lower the walk's threads run than the rest of syncer (`nice`): a walk is
+/// background work, and the live changes' transfers, the pass and the source's reader go
+/// first when the CPU is short (8 walk threads on 2 CPUs otherwise take most of it).
+const WALK_NICE: libc::c_int = 10;
+
 /// Visits the queued directories (and those the visits add) on `threads` threads.
 fn run(shared: Mutex<Shared>, threads: usize, visit: &Visit<'_>) -> Result<Report, StateError> {
     let cond = Condvar::new();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            s.spawn(|| worker(&shared, &cond, visit));
+            s.spawn(|| {
+                // Linux nices threads one by one (a thread's id is a PRIO_PROCESS id); a
+                // failure leaves it at the normal priority.
+                // SAFETY: plain syscalls on this thread's own id.
+                unsafe {
+                    let tid = libc::gettid();
+                    let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + WALK_NICE);
+                }
+                worker(&shared, &cond, visit)
+            });
         }
     });
     let shared = shared.into_inner().expect("walk state");
@@ -194,18 +209,31 @@ pub enum Recent {
     /// A directory whose entries (or itself) changed since: a shallow pass of it, which also
     /// removes what was deleted in it.
     Shallow,
+    /// A directory in the part of the tree a resumed pass does not walk again, which the
+    /// index does not know there (made, or moved in, since): its whole subtree, since the
+    /// entries below it keep their old ctimes.
+    Subtree,
 }
 
-/// The decision for an entry with metadata `m`, which the target's index records as `idx`.
-/// Only latency rides on it: the pass covers every entry anyway.
-pub fn recent(m: &Meta, idx: Option<&Meta>, since: (i64, u32)) -> Recent {
+/// The decision for an entry with metadata `m`, which the target's index records as `idx`;
+/// `covered`: the entry is in the part of the tree that the previous syncer's pass had
+/// covered, which a resumed pass does not walk again. Elsewhere only latency rides on it (the
+/// pass covers every entry anyway); there, it is what brings the target up to date.
+pub fn recent(m: &Meta, idx: Option<&Meta>, since: (i64, u32), covered: bool) -> Recent {
+    let known_dir = idx.is_some_and(|i| i.is_dir() && i.ino == m.ino);
     match (m.ctime >= since, m.is_dir()) {
         (false, _) => Recent::Old,
         // Any change moves the ctime: the same record is the same state.
         (true, _) if idx == Some(m) => Recent::Certified,
         (true, false) => Recent::Send,
+        (true, true) if covered && !known_dir => Recent::Subtree,
         (true, true) => Recent::Shallow,
     }
+}
+
+/// Whether `path` is in the part of the tree covered up to `upto` (the walk's order).
+pub fn covered(path: &Path, upto: Option<&Path>) -> bool {
+    upto.is_some_and(|u| path <= u)
 }
 
 /// The walk a start does while a full pass runs, when the previous syncer on this state died
@@ -213,12 +241,18 @@ pub fn recent(m: &Meta, idx: Option<&Meta>, since: (i64, u32)) -> Recent {
 /// heartbeat, less a margin) or later, and which the target's index does not certify, is
 /// queued in that target's map at once, as a live change, so that what changed while no
 /// syncer was watching (or what it saw and had not yet sent or journaled) does not wait for
-/// the pass to reach it, and what it had sent is not sent twice. The pass still covers
-/// everything; this walk only brings those changes forward. Local metadata only.
+/// the pass to reach it, and what it had sent is not sent twice. Local metadata only.
+///
+/// `resumed[i]`: target i's pass resumes after that path (see [`crate::queue::pass`]); up to
+/// it, this walk is what finds what changed while nobody watched (a directory the index does
+/// not know there gets a subtree transfer; one that cannot be read too, which the map retries
+/// until it can). Elsewhere the pass still covers everything, and this walk only brings those
+/// changes forward.
 pub fn recent_walk(
     root: &Path,
     since: (i64, u32),
     targets: &[Compared],
+    resumed: &[Option<PathBuf>],
     threads: usize,
 ) -> Result<Report, StateError> {
     let everyone: Vec<usize> = (0..targets.len()).collect();
@@ -233,15 +267,16 @@ pub fn recent_walk(
     });
     if let Ok(Some(m)) = stat::lstat(root, Path::new("")) {
         for t in targets {
+            // The root is above any resume point: known to the index, or sent whole.
             let idx = t.state.get(Path::new(""))?;
-            if recent(&m, idx.as_ref(), since) == Recent::Shallow {
+            if recent(&m, idx.as_ref(), since, false) == Recent::Shallow {
                 t.map
                     .schedule(Path::new(""), crate::queue::Op::Shallow, Instant::now());
             }
         }
     }
     run(shared, threads, &|dir, _| {
-        recent_dir(root, dir, since, targets)
+        recent_dir(root, dir, since, targets, resumed)
     })
 }
 
@@ -251,14 +286,31 @@ fn recent_dir(
     dir: &Path,
     since: (i64, u32),
     targets: &[Compared],
+    resumed: &[Option<PathBuf>],
 ) -> Result<DirDone, StateError> {
-    // Unreadable or gone: the pass reports it and covers what is there.
-    let Ok(Some(src)) = stat::read_dir(&root.join(dir)) else {
-        return Ok(DirDone {
-            entries: 0,
-            changes: Vec::new(),
-            descend: Vec::new(),
-        });
+    let upto = |i: usize| resumed.get(i).and_then(|r| r.as_deref());
+    let src = match stat::read_dir(&root.join(dir)) {
+        Ok(Some(src)) => src,
+        // Gone: its parent's transfer (or the pass) removes it.
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            // Unreadable: the pass reports it and covers what is there; where no pass will
+            // come, the whole subtree goes to the map, which retries it until it can be read
+            // (the empty path being the whole tree: a rescan).
+            let mut changes = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                if covered(dir, upto(i)) {
+                    tracing::warn!(dir = %dir.display(), "cannot read a directory during the walk ahead of the pass ({e}): it is sent whole once it can be read");
+                    t.map.schedule(dir, crate::queue::Op::Tree, Instant::now());
+                    changes.push((i, 1));
+                }
+            }
+            return Ok(DirDone {
+                entries: 0,
+                changes,
+                descend: Vec::new(),
+            });
+        }
     };
     let everyone: Vec<usize> = (0..targets.len()).collect();
     let descend = src
@@ -275,16 +327,18 @@ fn recent_dir(
                 continue;
             }
             let path = dir.join(OsStr::from_bytes(name));
-            match recent(m, t.state.get(&path)?.as_ref(), since) {
+            let idx = t.state.get(&path)?;
+            match recent(m, idx.as_ref(), since, covered(&path, upto(i))) {
                 Recent::Old | Recent::Certified => {}
                 Recent::Send => files.push(Change::new(&path, ChangeKind::Modified, false)),
-                Recent::Shallow => dirs.push(path),
+                Recent::Shallow => dirs.push((path, crate::queue::Op::Shallow)),
+                Recent::Subtree => dirs.push((path, crate::queue::Op::Tree)),
             }
         }
         let mut n = 0;
         push(&t.map, &files, &mut n);
-        for d in &dirs {
-            t.map.schedule(d, crate::queue::Op::Shallow, now);
+        for (d, op) in &dirs {
+            t.map.schedule(d, *op, now);
         }
         changes.push((i, n + dirs.len() as u64));
     }
@@ -488,22 +542,45 @@ mod tests {
             with(m(Kind::Dir, 2), (150, 0)),
         );
         let older = |x: &Meta| with(*x, (100, 400));
+        let other_dir = with(m(Kind::Dir, 7), (150, 0));
+        // name, metadata, the index's record, in the covered part, decision
         #[rustfmt::skip]
-        let table: &[(&str, Meta, Option<Meta>, Recent)] = &[
-            ("file changed before", with(m(Kind::File, 1), (100, 499)), None, Recent::Old),
-            ("file changed at the moment", with(m(Kind::File, 1), (100, 500)), None, Recent::Send),
-            ("file changed after, not in the index", f, None, Recent::Send),
-            ("file changed after its certificate", f, Some(older(&f)), Recent::Send),
-            ("file sent as it is now", f, Some(f), Recent::Certified),
-            ("file sent, then replaced by another inode", with(m(Kind::File, 9), (101, 0)), Some(f), Recent::Send),
-            ("symlink made after", with(m(Kind::Symlink, 1), (200, 0)), None, Recent::Send),
-            ("directory unchanged", with(m(Kind::Dir, 2), (99, 0)), None, Recent::Old),
-            ("directory whose entries changed", d, None, Recent::Shallow),
-            ("directory changed after its certificate", d, Some(older(&d)), Recent::Shallow),
-            ("directory sent as it is now", d, Some(d), Recent::Certified),
+        let table: &[(&str, Meta, Option<Meta>, bool, Recent)] = &[
+            ("file changed before", with(m(Kind::File, 1), (100, 499)), None, false, Recent::Old),
+            ("file changed at the moment", with(m(Kind::File, 1), (100, 500)), None, false, Recent::Send),
+            ("file changed after, not in the index", f, None, false, Recent::Send),
+            ("file changed after its certificate", f, Some(older(&f)), false, Recent::Send),
+            ("file sent as it is now", f, Some(f), false, Recent::Certified),
+            ("file sent, then replaced by another inode", with(m(Kind::File, 9), (101, 0)), Some(f), false, Recent::Send),
+            ("symlink made after", with(m(Kind::Symlink, 1), (200, 0)), None, false, Recent::Send),
+            ("directory unchanged", with(m(Kind::Dir, 2), (99, 0)), None, false, Recent::Old),
+            ("directory whose entries changed", d, None, false, Recent::Shallow),
+            ("directory changed after its certificate", d, Some(older(&d)), false, Recent::Shallow),
+            ("directory sent as it is now", d, Some(d), false, Recent::Certified),
+            ("covered: file moved in", f, None, true, Recent::Send),
+            ("covered: directory unchanged", with(m(Kind::Dir, 2), (99, 0)), None, true, Recent::Old),
+            ("covered: known directory whose entries changed", d, Some(older(&d)), true, Recent::Shallow),
+            ("covered: directory made or moved in", d, None, true, Recent::Subtree),
+            ("covered: another directory under a known name", other_dir, Some(older(&d)), true, Recent::Subtree),
+            ("covered: a directory where a file was", d, Some(older(&f)), true, Recent::Subtree),
+            ("covered: directory sent as it is now", d, Some(d), true, Recent::Certified),
         ];
-        for (name, meta, idx, want) in table {
-            assert_eq!(recent(meta, idx.as_ref(), since), *want, "{name}");
+        for (name, meta, idx, cov, want) in table {
+            assert_eq!(recent(meta, idx.as_ref(), since, *cov), *want, "{name}");
+        }
+        #[rustfmt::skip]
+        let order: &[(&str, Option<&str>, bool)] = &[
+            ("a", None, false), ("a", Some(""), false), ("", Some(""), true),
+            ("a", Some("a"), true), ("a/x", Some("a"), false), ("a", Some("a/x"), true),
+            ("a/b", Some("a/x"), true), ("a/y", Some("a/x"), false), ("ab", Some("a/x"), false),
+            ("a/x/deep", Some("a/y"), true),
+        ];
+        for &(p, upto, want) in order {
+            assert_eq!(
+                covered(Path::new(p), upto.map(Path::new)),
+                want,
+                "{p} up to {upto:?}"
+            );
         }
     }
 
@@ -544,7 +621,7 @@ mod tests {
             state: ts,
             map: map.clone(),
         }];
-        let rep = recent_walk(r, since, &targets, 2).unwrap();
+        let rep = recent_walk(r, since, &targets, &[None], 2).unwrap();
         let far = Instant::now() + std::time::Duration::from_secs(60);
         let mut got: Vec<String> = map
             .take_due(far, 100, true)

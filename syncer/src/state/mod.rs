@@ -89,8 +89,22 @@ fn identity(source: &Path) -> std::io::Result<String> {
 
 impl State {
     /// Opens (creating if needed) the state of `source` in `dir`. `fresh`: start over
-    /// (`--full-resync`), discarding what is there.
+    /// (`--full-resync`), discarding what is there. Its heartbeat is the wall clock.
     pub fn open(dir: &Path, source: &Path, fresh: bool) -> Result<State, StateError> {
+        State::open_following(dir, source, fresh, None)
+    }
+
+    /// [`State::open`], with the heartbeat following `clock` from its first beat on: until
+    /// when that clock's source had read every record the kernel queued (see
+    /// [`crate::source::SourceConfig::caught_up`]), not merely that this process lived. What
+    /// a start after a crash walks for, and what a resumed pass relies on, is what no source
+    /// saw: a source not yet reading, behind, or stopped before the drain is not credited.
+    pub fn open_following(
+        dir: &Path,
+        source: &Path,
+        fresh: bool,
+        clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Result<State, StateError> {
         let io = |source| StateError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -124,6 +138,9 @@ impl State {
             _ => None,
         };
         let writer = Writer::new();
+        if let Some(c) = clock {
+            writer.follow(c);
+        }
         let failed = Arc::new(AtomicBool::new(false));
         let thread = {
             let (db, meta, failed, dir, w) = (
@@ -171,6 +188,7 @@ impl State {
             failures: ks("failures")?,
             meta: self.meta.clone(),
             complete_key: format!("complete-{id}"),
+            covered_key: format!("covered-{id}"),
             tag: self.dir.display().to_string(),
             writer: self.writer.clone(),
             linked: Default::default(),

@@ -21,6 +21,8 @@ pub struct TargetState {
     pub(super) failures: Keyspace,
     pub(super) meta: Keyspace,
     pub(super) complete_key: String,
+    /// Where the unfinished pass's covered prefix is kept ([`TargetState::pass_covered`]).
+    pub(super) covered_key: String,
     pub(super) tag: String,
     pub(super) writer: Writer,
     /// Hard-linked names the walks met, until the dispatcher takes them (see
@@ -159,20 +161,52 @@ impl TargetState {
         matches!(self.meta.get(&self.complete_key), Ok(Some(v)) if *v == *b"1")
     }
 
-    /// Marks the index complete (or not), durably: after everything written before it.
+    /// Marks the index complete (or not), durably: after everything written before it. A
+    /// complete index has no unfinished pass.
     pub fn set_complete(&self, complete: bool) {
         let v = complete.then(|| b"1".to_vec());
+        let mut w = vec![(self.meta.clone(), self.complete_key.as_bytes().to_vec(), v)];
+        if complete {
+            w.push((
+                self.meta.clone(),
+                self.covered_key.as_bytes().to_vec(),
+                None,
+            ));
+        }
+        self.send(w);
+        self.flush();
+    }
+
+    /// How far an unfinished pass over the whole tree got: every directory up to this path
+    /// (in the walk's order, see [`crate::queue::pass`]) went through a successful piece and
+    /// its index entries were written before it. `None` when no pass was cut short, or the
+    /// value fails its checksum (then the pass starts over).
+    pub fn pass_covered(&self) -> Option<PathBuf> {
+        let v = self.meta.get(&self.covered_key).ok()??;
+        let (path, sum) = v.split_at_checked(v.len().checked_sub(4)?)?;
+        (crc32fast::hash(path).to_le_bytes() == sum)
+            .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+    }
+
+    /// Records how far the pass got (written after the index updates of its pieces, by the
+    /// same writer: a crash keeps a prefix), or forgets it (`None`: a pass starting over).
+    pub fn set_pass_covered(&self, upto: Option<&Path>) {
+        let v = upto.map(|p| {
+            let mut v = p.as_os_str().as_bytes().to_vec();
+            v.extend_from_slice(&crc32fast::hash(&v).to_le_bytes());
+            v
+        });
         self.send(vec![(
             self.meta.clone(),
-            self.complete_key.as_bytes().to_vec(),
+            self.covered_key.as_bytes().to_vec(),
             v,
         )]);
-        self.flush();
     }
 
     /// Forgets the whole index (a full pass follows).
     pub fn clear_index(&self) -> Result<(), StateError> {
         self.set_complete(false);
+        self.set_pass_covered(None);
         let mut items = Vec::new();
         for item in self.index.iter() {
             let k = item.key().map_err(|e| self.damaged(e))?;

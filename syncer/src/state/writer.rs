@@ -21,6 +21,8 @@ pub(super) const ALIVE_KEY: &str = "alive";
 /// not synced: a crash keeps them, a power loss leaves an older one, which only means more).
 const ALIVE_BUSY: Duration = Duration::from_secs(1);
 const ALIVE_IDLE: Duration = Duration::from_secs(2);
+/// How soon a beat is tried again while the followed clock has not started.
+const CLOCK_RETRY: Duration = Duration::from_millis(50);
 
 /// The heartbeat's value for `t`.
 pub(super) fn alive_value(t: std::time::SystemTime) -> [u8; 8] {
@@ -62,6 +64,8 @@ pub(crate) struct Writer {
 struct Buffer {
     writes: Vec<Write>,
     closed: bool,
+    /// The source's "read everything queued before" clock ([`Writer::follow`]).
+    clock: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Writer {
@@ -84,6 +88,34 @@ impl Writer {
         drop(b);
         if wake {
             cond.notify_one();
+        }
+    }
+
+    /// Beats follow `clock` (ns since the epoch, 0 for not yet) rather than the wall clock:
+    /// the heartbeat then says until when a source watched the tree, not only until when
+    /// this process lived (a source that fell behind, or stopped before the drain, would
+    /// otherwise be credited with changes it never saw).
+    pub(crate) fn follow(&self, clock: Arc<std::sync::atomic::AtomicU64>) {
+        let (lock, _) = &*self.shared;
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clock = Some(clock);
+    }
+
+    /// The heartbeat's time now: the wall clock, or the followed clock (never ahead of the
+    /// wall clock); `None` while that clock has not started.
+    fn beat_time(&self) -> Option<std::time::SystemTime> {
+        let now = std::time::SystemTime::now();
+        let (lock, _) = &*self.shared;
+        let clock = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clock
+            .clone();
+        match clock.map(|c| c.load(Ordering::Relaxed)) {
+            None => Some(now),
+            Some(0) => None,
+            Some(ns) => Some(now.min(std::time::UNIX_EPOCH + Duration::from_nanos(ns))),
         }
     }
 
@@ -190,9 +222,19 @@ pub(super) fn write_loop(
             take(w, &mut batch, &mut n, &mut flushes, &mut stop);
         }
         let every = if n > 0 { ALIVE_BUSY } else { ALIVE_IDLE };
-        if stop || last_beat.is_none_or(|t| t.elapsed() >= every) {
-            batch.insert(meta, ALIVE_KEY, alive_value(std::time::SystemTime::now()));
-            last_beat = Some(std::time::Instant::now());
+        let due = stop || last_beat.is_none_or(|t| t.elapsed() >= every);
+        let at = due.then(|| writer.beat_time()).flatten();
+        if due {
+            let now = std::time::Instant::now();
+            // A followed clock not started yet (its source not reading yet): try again soon,
+            // so that a syncer killed in its first seconds still leaves its beat.
+            last_beat = Some(match at {
+                Some(_) => now,
+                None => now.checked_sub(ALIVE_IDLE - CLOCK_RETRY).unwrap_or(now),
+            });
+        }
+        if let Some(at) = at {
+            batch.insert(meta, ALIVE_KEY, alive_value(at));
             if n == 0 {
                 // A beat alone is written, not synced.
                 let _ = batch.commit();

@@ -68,6 +68,10 @@ pub struct PoolConfig {
     /// unfinished pass is abandoned (the next start runs it again) and only the changes seen
     /// are drained.
     pub finish_pass_on_drain: bool,
+    /// A live source watches the tree while the pool runs: an unfinished pass records how far
+    /// it got, for a later start to resume (see [`crate::queue::pass`]). Without one (`syncer
+    /// sync`) nobody sees the changes made during the pass, and nothing is recorded.
+    pub watched: bool,
 }
 
 /// One target's pool, ready to run.
@@ -85,6 +89,9 @@ pub struct Pool {
     /// Compares the source with the index instead of running a pass, for a rescan of the whole
     /// tree (returns false where it cannot: no complete index).
     pub catch_up: Option<CatchUp>,
+    /// With `initial_sync`: where a start-up pass cut short had got to; the pass resumes after
+    /// it (see [`crate::queue::pass`]).
+    pub resume_after: Option<PathBuf>,
 }
 
 /// Starts a catch-up walk of the whole tree for this target; false when there is no complete
@@ -112,8 +119,8 @@ pub enum PoolError {
 enum Origin {
     /// Taken from the dedup map (the map holds them in flight).
     Map,
-    /// A piece of pass `gen`, at retry `level`.
-    Pass { gen: u64, level: u32 },
+    /// (A part of) piece `no` of pass `gen`, at retry `level`.
+    Pass { gen: u64, level: u32, no: u64 },
 }
 
 /// What one process transfers.
@@ -152,6 +159,7 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         initial_done,
         state,
         catch_up,
+        resume_after,
     } = pool;
     let index = state.clone().map(|s| (cfg.source.clone(), s));
     let (shard_txs, mut result_rx, mut shards) = spawn_shards(&cfg, &transport, &stats, &index);
@@ -159,7 +167,7 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
     let mut d = Dispatcher::new(target.clone(), map.clone(), &cfg, stats, now);
     (d.initial_done, d.state, d.catch_up) = (initial_done, state, catch_up);
     if cfg.initial_sync {
-        d.start_pass(PathBuf::new(), true, now);
+        d.start_pass(PathBuf::new(), true, resume_after, now);
     }
     d.check_pass_done(now);
 

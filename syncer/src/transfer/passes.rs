@@ -1,7 +1,7 @@
 //! The transfer side of a pass (the start-up pass, or a rescan of the whole tree): the walk
 //! handing out pieces, the piece read ahead, failed pieces waiting for their retry, what is in
-//! flight, and when it is all done. The dispatcher asks it for the next piece and tells it how
-//! each piece went.
+//! flight, how far the walk's order is on the target, and when it is all done. The dispatcher
+//! asks it for the next piece and tells it how each piece went.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -25,6 +25,13 @@ pub struct PassState {
     /// Failed pieces: when they may go again, their retry level.
     retry: VecDeque<(Instant, u32, Piece)>,
     inflight: usize,
+    /// Pieces handed out and not yet wholly on the target or before one that is not, in walk
+    /// order: number, parts still out (a failed piece is retried in parts), last directory.
+    out: VecDeque<(u64, usize, PathBuf)>,
+    /// Every directory up to this path (the walk's order) is on the target; `covered_new`
+    /// once it moved since [`PassState::take_covered`].
+    covered: Option<PathBuf>,
+    covered_new: bool,
     pub started: Instant,
     pub dirs_done: u64,
     /// Directories handed to the map after failing alone.
@@ -32,22 +39,27 @@ pub struct PassState {
 }
 
 impl PassState {
-    /// A pass over `rel` below `source`; `Err` when the walker thread cannot start.
+    /// A pass over `rel` below `source`, resumed after `after` (a pass cut short had every
+    /// directory up to it on the target); `Err` when the walker thread cannot start.
     pub fn start(
         source: PathBuf,
         rel: PathBuf,
         size: PieceSize,
         gen: u64,
         initial: bool,
+        after: Option<PathBuf>,
         now: Instant,
     ) -> std::io::Result<PassState> {
         Ok(PassState {
             gen,
             initial,
-            walk: Some(Walk::start(source, rel, size)?),
+            walk: Some(Walk::start(source, rel, size, after.clone())?),
             next: None,
             retry: VecDeque::new(),
             inflight: 0,
+            out: VecDeque::new(),
+            covered: after,
+            covered_new: false,
             started: now,
             dirs_done: 0,
             failed_dirs: 0,
@@ -70,7 +82,11 @@ impl PassState {
     /// What the walk gave: a piece, or `None` once it is complete.
     pub fn arrived(&mut self, piece: Option<Piece>) {
         match piece {
-            Some(p) => self.next = Some(p),
+            Some(p) => {
+                let last = p.dirs.last().cloned().unwrap_or_default();
+                self.out.push_back((p.no, 1, last));
+                self.next = Some(p);
+            }
             None => self.walk = None,
         }
     }
@@ -98,10 +114,36 @@ impl PassState {
         self.retry.front().map(|(due, _, _)| *due)
     }
 
-    /// A piece of `dirs` directories is on the target.
-    pub fn landed(&mut self, dirs: usize) {
+    /// A piece (or part of piece `no`) of `dirs` directories is on the target.
+    pub fn landed(&mut self, no: u64, dirs: usize) {
         self.inflight -= 1;
         self.dirs_done += dirs as u64;
+        self.part_done(no);
+    }
+
+    /// One part of piece `no` is done with; the covered prefix grows over pieces wholly done.
+    fn part_done(&mut self, no: u64) {
+        let Some(first) = self.out.front().map(|o| o.0) else {
+            return;
+        };
+        if let Some(o) = no
+            .checked_sub(first)
+            .and_then(|i| self.out.get_mut(i as usize))
+        {
+            o.1 = o.1.saturating_sub(1);
+        }
+        while self.out.front().is_some_and(|o| o.1 == 0) {
+            let (_, _, last) = self.out.pop_front().expect("a front");
+            self.covered = Some(last);
+            self.covered_new = true;
+        }
+    }
+
+    /// How far the walk's order is on the target, when that moved since last asked.
+    pub fn take_covered(&mut self) -> Option<PathBuf> {
+        std::mem::take(&mut self.covered_new)
+            .then(|| self.covered.clone())
+            .flatten()
     }
 
     /// The target was down: the same piece again, first, once it is back.
@@ -112,18 +154,25 @@ impl PassState {
 
     /// The piece failed in part: it goes again at `due`, cut in eight, at `level`. A directory
     /// failing alone is returned, to be handed to the map (which retries it like any change).
+    /// (The map keeps a directory it was handed, durably: for the pass, it is done with.)
     pub fn failed(&mut self, piece: Piece, level: u32, due: Instant) -> Option<PathBuf> {
         self.inflight -= 1;
         if piece.dirs.len() == 1 {
             self.failed_dirs += 1;
+            self.part_done(piece.no);
             return piece.dirs.into_iter().next();
         }
         let part = retry_piece(piece.dirs.len());
-        for chunk in piece.dirs.chunks(part) {
+        let chunks = piece.dirs.chunks(part);
+        if let Some(o) = self.out.iter_mut().find(|o| o.0 == piece.no) {
+            o.1 += chunks.len() - 1;
+        }
+        for chunk in chunks {
             self.retry.push_back((
                 due,
                 level,
                 Piece {
+                    no: piece.no,
                     dirs: chunk.to_vec(),
                     entries: 0,
                 },
@@ -145,9 +194,10 @@ impl PassState {
     }
 }
 
-/// The directories of a batch of pass entries, as a piece again.
-pub fn piece_of(entries: &[Taken]) -> Piece {
+/// The directories of a batch of pass entries (of piece `no`), as a piece again.
+pub fn piece_of(no: u64, entries: &[Taken]) -> Piece {
     Piece {
+        no,
         dirs: entries.iter().map(|t| t.path.to_path_buf()).collect(),
         entries: 0,
     }

@@ -62,6 +62,8 @@ pub struct Dispatcher {
     /// next start, like the rest of the pass.
     pub(super) passes_allowed: bool,
     pub(super) piece_size: PieceSize,
+    /// Record the pass's progress for a later start (see [`super::PoolConfig::watched`]).
+    pub(super) watched: bool,
     pub initial_done: Option<oneshot::Sender<()>>,
     pub state: Option<Arc<TargetState>>,
     pub catch_up: Option<CatchUp>,
@@ -100,6 +102,7 @@ impl Dispatcher {
                 entries: PIECE_ENTRIES,
                 dirs: cfg.batch_max,
             },
+            watched: cfg.watched,
             initial_done: None,
             state: None,
             catch_up: None,
@@ -151,7 +154,7 @@ impl Dispatcher {
                 } else if self.passes_allowed {
                     let initial = self.pass.as_ref().is_some_and(|p| p.initial);
                     info!(target = %self.target, "rescanning the whole tree");
-                    self.start_pass(PathBuf::new(), initial, now);
+                    self.start_pass(PathBuf::new(), initial, None, now);
                 } else {
                     warn!(target = %self.target, "a rescan of the whole tree was asked for during shutdown: the next start compares the tree");
                 }

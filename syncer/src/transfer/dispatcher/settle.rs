@@ -57,9 +57,10 @@ impl Dispatcher {
                     self.learn_links(now);
                 }
             }
-            Origin::Pass { gen, .. } => {
+            Origin::Pass { gen, no, .. } => {
                 if let Some(p) = self.current_pass(gen) {
-                    p.landed(n);
+                    p.landed(no, n);
+                    self.note_covered();
                 }
                 self.check_pass_done(now);
             }
@@ -141,9 +142,9 @@ impl Dispatcher {
                         .schedule(&dir, Op::Shallow, now + Duration::from_millis(1));
                 }
             }
-            Origin::Pass { gen, level } => {
+            Origin::Pass { gen, level, no } => {
                 // Pieces are shallow passes with --delete: their retry removes leftovers too.
-                let piece = piece_of(&batch.entries);
+                let piece = piece_of(no, &batch.entries);
                 if let Some(p) = self.current_pass(gen) {
                     p.down(level, piece, now);
                 }
@@ -162,15 +163,17 @@ impl Dispatcher {
                     self.map.complete(&t.path, Some(p));
                 }
             }
-            Origin::Pass { gen, .. } => {
-                let piece = piece_of(&batch.entries);
+            Origin::Pass { gen, no, .. } => {
+                let piece = piece_of(no, &batch.entries);
                 // A piece of a pass since replaced needs nothing: the newer pass covers it.
                 let Some(p) = self.current_pass(gen) else {
                     return;
                 };
                 if let Some(dir) = p.failed(piece, level, due) {
+                    // Journaled by the map before the pass counts it done.
                     self.map.schedule(&dir, Op::Shallow, due);
                 }
+                self.note_covered();
                 self.check_pass_done(Instant::now());
             }
         }
