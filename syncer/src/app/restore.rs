@@ -116,9 +116,17 @@ pub fn open(
         info!(target = %target, pending = pending.len(), catch_up = if pass { "full pass" } else { "walk against the index" }, "state restored from {}", state.dir().display());
         let recent_since = state.last_alive().filter(|_| pass).map(since);
         let resume_after = match (recent_since, state.last_alive()) {
-            (Some(_), Some(alive)) if !cfg.full_resync => resume_point(&ts, alive, target),
+            (Some(_), Some(alive)) if !cfg.full_resync && cfg.initial_sync => {
+                resume_point(&ts, alive, target)
+            }
             _ => None,
         };
+        if resume_after.is_none() && ts.pass_covered().is_some() {
+            // A start that does not resume (no walk ahead, `--no-initial-sync`) forgets the
+            // point: what changed in the covered part before this start would not be walked
+            // for by a later one, which only looks back to this start's heartbeat.
+            ts.set_pass_covered(None);
+        }
         planned.push(Planned {
             state: ts,
             map,
