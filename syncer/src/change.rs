@@ -1,8 +1,35 @@
 //! The vocabulary every event source speaks: a [`Change`] to one path relative to the source
 //! root, delivered to a [`ChangeSink`]. Sources translate kernel records into these; nothing
-//! downstream knows which kernel interface produced them. A leaf: imports nothing of syncer.
+//! downstream knows which kernel interface produced them; and a [`WatchClock`], until when
+//! a source had delivered everything. A leaf: imports nothing of syncer.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Until when a source had handed on every record the kernel queued: its reader sets it each
+/// time it finds the queue empty; the state's heartbeat follows it, so that "last alive"
+/// means "last watching". Shared (`Arc`) and kept across reopens of the source.
+#[derive(Debug, Default)]
+pub struct WatchClock(AtomicU64);
+
+impl WatchClock {
+    /// Everything queued before `t` has been handed on.
+    pub fn caught_up(&self, t: SystemTime) {
+        let ns = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.0.store(ns, Ordering::Relaxed);
+    }
+
+    /// The last such moment; `None` before the first.
+    pub fn get(&self) -> Option<SystemTime> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)),
+        }
+    }
+}
 
 /// What happened to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -53,7 +53,7 @@ fn since(alive: std::time::SystemTime) -> (i64, u32) {
 /// [`State::open_following`]).
 pub fn open(
     cfg: &Config,
-    clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+    clock: Option<Arc<crate::change::WatchClock>>,
 ) -> Result<(State, Vec<Planned>), RunError> {
     let state = match State::open_following(
         &cfg.state_dir,
@@ -115,13 +115,14 @@ pub fn open(
         }
         info!(target = %target, pending = pending.len(), catch_up = if pass { "full pass" } else { "walk against the index" }, "state restored from {}", state.dir().display());
         let recent_since = state.last_alive().filter(|_| pass).map(since);
-        let resume_after = match (recent_since, state.last_alive()) {
-            (Some(_), Some(alive)) if !cfg.full_resync && cfg.initial_sync => {
-                resume_point(&ts, alive, target)
+        let covered = ts.pass_covered();
+        let resume_after = match (&covered, state.last_alive()) {
+            (Some(at), Some(alive)) if pass && !cfg.full_resync && cfg.initial_sync => {
+                resume_point(at, alive, target)
             }
             _ => None,
         };
-        if resume_after.is_none() && ts.pass_covered().is_some() {
+        if resume_after.is_none() && covered.is_some() {
             // A start that does not resume (no walk ahead, `--no-initial-sync`) forgets the
             // point: what changed in the covered part before this start would not be walked
             // for by a later one, which only looks back to this start's heartbeat.
@@ -138,19 +139,18 @@ pub fn open(
     Ok((state, planned))
 }
 
-/// Where an unfinished pass of `ts` may resume, given the previous syncer's last heartbeat:
-/// not with a clock now behind that heartbeat (ctimes since may be older than it).
+/// Whether an unfinished pass may resume `at` its point, given the previous syncer's last
+/// heartbeat: not with a clock now behind it (ctimes since may be older than it).
 fn resume_point(
-    ts: &TargetState,
+    at: &Path,
     alive: std::time::SystemTime,
     target: &impl std::fmt::Display,
 ) -> Option<PathBuf> {
-    let at = ts.pass_covered()?;
     if std::time::SystemTime::now() < alive {
         warn!(target = %target, "the clock is behind the previous syncer's last heartbeat: its start-up pass starts over rather than resuming");
         return None;
     }
-    Some(at)
+    Some(at.to_path_buf())
 }
 
 /// Runs a catch-up walk for `targets` (on this thread); what differs is queued in their maps.

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::change::{Change, ChangeSink};
+use crate::change::{Change, ChangeSink, WatchClock};
 use crate::shutdown::Shutdown;
 
 /// Which kernel event source feeds the pipeline.
@@ -129,11 +129,9 @@ pub struct SourceConfig {
     pub queue: QueueMode,
     pub ebpf_hooks: EbpfHooks,
     pub ebpf_ring_bytes: u32,
-    /// Set by the reader (wall-clock ns since the epoch): every record the kernel queued
-    /// before that moment has been read and handed to the sink; 0 until then. Shared with the
-    /// state's heartbeat, so that "last alive" means "last watching" (see
-    /// [`crate::state::State::follow`]); kept across reopens of the source.
-    pub caught_up: Arc<AtomicU64>,
+    /// Set by the reader whenever it finds the kernel's queue empty (see
+    /// [`crate::state::State::open_following`]).
+    pub caught_up: Arc<WatchClock>,
 }
 
 /// A kernel interface armed on the source tree (mark, watches or programs in place), driven by
@@ -190,7 +188,7 @@ pub struct Opened {
     picked: policy::Candidate,
     source: Box<dyn Source>,
     stats: Arc<SourceStats>,
-    caught_up: Arc<AtomicU64>,
+    caught_up: Arc<WatchClock>,
 }
 
 /// Opens the source of `kind` (resolving `auto` through [`policy`]) on `cfg.root`.

@@ -5,14 +5,14 @@
 //! on.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{debug, warn};
 
 use super::{Source, SourceExit, SourceStats};
-use crate::change::{Change, ChangeSink};
+use crate::change::{Change, ChangeSink, WatchClock};
 use crate::shutdown::Shutdown;
 
 /// How long a poll waits before the loop looks at the shutdown signal again.
@@ -23,7 +23,7 @@ pub(super) fn run(
     sink: Arc<dyn ChangeSink>,
     shutdown: &Shutdown,
     stats: &SourceStats,
-    caught_up: &AtomicU64,
+    caught_up: &WatchClock,
 ) -> SourceExit {
     let mut out = Vec::with_capacity(1024);
     let body = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -50,10 +50,7 @@ pub(super) fn run(
                 crate::source::fanotify::sys::poll_in(source.fd(), 0),
                 Ok(false)
             ) {
-                let ns = t
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                caught_up.store(ns, Ordering::Relaxed);
+                caught_up.caught_up(t);
             }
         }
     }));

@@ -103,7 +103,7 @@ impl State {
         dir: &Path,
         source: &Path,
         fresh: bool,
-        clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+        clock: Option<Arc<crate::change::WatchClock>>,
     ) -> Result<State, StateError> {
         let io = |source| StateError::Io {
             dir: dir.to_path_buf(),
@@ -306,6 +306,46 @@ mod tests {
         drop(s);
         let s = State::open(&dir, &src, true).unwrap();
         assert_eq!(s.last_alive(), None, "--full-resync forgets it too");
+    }
+
+    #[test]
+    fn a_followed_heartbeat_says_when_the_source_last_caught_up() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, src) = (t.path().join("state"), t.path().join("src"));
+        std::fs::create_dir_all(&src).unwrap();
+        let clock = Arc::new(crate::change::WatchClock::default());
+        let reopen = |clock: &Arc<crate::change::WatchClock>| {
+            let s = State::open_following(&dir, &src, false, Some(clock.clone())).unwrap();
+            let alive = s.last_alive();
+            s.target("t").unwrap().set_complete(false);
+            s.flush();
+            drop(s);
+            alive
+        };
+        assert_eq!(reopen(&clock), None, "a fresh state");
+        assert_eq!(
+            reopen(&clock),
+            None,
+            "a source that never caught up leaves no beat"
+        );
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(30);
+        clock.caught_up(then);
+        reopen(&clock);
+        let ns = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let seen = reopen(&clock).expect("a beat");
+        assert_eq!(
+            ns(seen),
+            ns(then),
+            "the source's moment, not the wall clock"
+        );
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        clock.caught_up(later);
+        reopen(&clock);
+        let seen = reopen(&clock).expect("a beat");
+        assert!(
+            seen <= std::time::SystemTime::now(),
+            "never ahead of the wall clock"
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use fjall::{Database, Keyspace, PersistMode};
 use tracing::{debug, warn};
 
+use crate::change::WatchClock;
+
 /// How often writes are made durable (the group commit).
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -64,8 +66,8 @@ pub(crate) struct Writer {
 struct Buffer {
     writes: Vec<Write>,
     closed: bool,
-    /// The source's "read everything queued before" clock ([`Writer::follow`]).
-    clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The source's clock ([`Writer::follow`]).
+    clock: Option<Arc<WatchClock>>,
 }
 
 impl Writer {
@@ -91,11 +93,11 @@ impl Writer {
         }
     }
 
-    /// Beats follow `clock` (ns since the epoch, 0 for not yet) rather than the wall clock:
+    /// Beats follow `clock` rather than the wall clock:
     /// the heartbeat then says until when a source watched the tree, not only until when
     /// this process lived (a source that fell behind, or stopped before the drain, would
     /// otherwise be credited with changes it never saw).
-    pub(crate) fn follow(&self, clock: Arc<std::sync::atomic::AtomicU64>) {
+    pub(crate) fn follow(&self, clock: Arc<WatchClock>) {
         let (lock, _) = &*self.shared;
         lock.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -112,10 +114,9 @@ impl Writer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clock
             .clone();
-        match clock.map(|c| c.load(Ordering::Relaxed)) {
+        match clock {
             None => Some(now),
-            Some(0) => None,
-            Some(ns) => Some(now.min(std::time::UNIX_EPOCH + Duration::from_nanos(ns))),
+            Some(c) => c.get().map(|t| t.min(now)),
         }
     }
 
