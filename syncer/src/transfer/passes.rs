@@ -25,13 +25,8 @@ pub struct PassState {
     /// Failed pieces: when they may go again, their retry level.
     retry: VecDeque<(Instant, u32, Piece)>,
     inflight: usize,
-    /// Pieces handed out and not yet wholly on the target or before one that is not, in walk
-    /// order: number, parts still out (a failed piece is retried in parts), last directory.
-    out: VecDeque<(u64, usize, PathBuf)>,
-    /// Every directory up to this path (the walk's order) is on the target; `covered_new`
-    /// once it moved since [`PassState::take_covered`].
-    covered: Option<PathBuf>,
-    covered_new: bool,
+    /// How far the walk's order is on the target.
+    covered: Covered,
     pub started: Instant,
     pub dirs_done: u64,
     /// Directories handed to the map after failing alone.
@@ -53,13 +48,11 @@ impl PassState {
         Ok(PassState {
             gen,
             initial,
-            walk: Some(Walk::start(source, rel, size, after.clone())?),
+            walk: Some(Walk::start(source, rel, size, after)?),
             next: None,
             retry: VecDeque::new(),
             inflight: 0,
-            out: VecDeque::new(),
-            covered: after,
-            covered_new: false,
+            covered: Covered::default(),
             started: now,
             dirs_done: 0,
             failed_dirs: 0,
@@ -83,8 +76,7 @@ impl PassState {
     pub fn arrived(&mut self, piece: Option<Piece>) {
         match piece {
             Some(p) => {
-                let last = p.dirs.last().cloned().unwrap_or_default();
-                self.out.push_back((p.no, 1, last));
+                self.covered.handed(&p);
                 self.next = Some(p);
             }
             None => self.walk = None,
@@ -118,32 +110,12 @@ impl PassState {
     pub fn landed(&mut self, no: u64, dirs: usize) {
         self.inflight -= 1;
         self.dirs_done += dirs as u64;
-        self.part_done(no);
-    }
-
-    /// One part of piece `no` is done with; the covered prefix grows over pieces wholly done.
-    fn part_done(&mut self, no: u64) {
-        let Some(first) = self.out.front().map(|o| o.0) else {
-            return;
-        };
-        if let Some(o) = no
-            .checked_sub(first)
-            .and_then(|i| self.out.get_mut(i as usize))
-        {
-            o.1 = o.1.saturating_sub(1);
-        }
-        while self.out.front().is_some_and(|o| o.1 == 0) {
-            let (_, _, last) = self.out.pop_front().expect("a front");
-            self.covered = Some(last);
-            self.covered_new = true;
-        }
+        self.covered.part_done(no);
     }
 
     /// How far the walk's order is on the target, when that moved since last asked.
     pub fn take_covered(&mut self) -> Option<PathBuf> {
-        std::mem::take(&mut self.covered_new)
-            .then(|| self.covered.clone())
-            .flatten()
+        self.covered.moved.take()
     }
 
     /// The target was down: the same piece again, first, once it is back.
@@ -159,14 +131,12 @@ impl PassState {
         self.inflight -= 1;
         if piece.dirs.len() == 1 {
             self.failed_dirs += 1;
-            self.part_done(piece.no);
+            self.covered.part_done(piece.no);
             return piece.dirs.into_iter().next();
         }
         let part = retry_piece(piece.dirs.len());
         let chunks = piece.dirs.chunks(part);
-        if let Some(o) = self.out.iter_mut().find(|o| o.0 == piece.no) {
-            o.1 += chunks.len() - 1;
-        }
+        self.covered.split(piece.no, chunks.len());
         for chunk in chunks {
             self.retry.push_back((
                 due,
@@ -191,6 +161,48 @@ impl PassState {
         self.walk
             .as_ref()
             .map(|w| w.stats.dirs.load(Ordering::Relaxed))
+    }
+}
+
+/// The completed prefix of a pass's pieces, in walk order: each piece handed out counts its
+/// parts still out (a failed piece is retried in parts); once the pieces at the front are all
+/// done, every directory up to the last of them is on the target.
+#[derive(Default)]
+struct Covered {
+    /// Pieces not yet wholly done, or after one that is not: number, parts out, last directory.
+    out: VecDeque<(u64, usize, PathBuf)>,
+    /// The prefix's new end, once it moved (taken by [`PassState::take_covered`]).
+    moved: Option<PathBuf>,
+}
+
+impl Covered {
+    /// Piece `p` was handed out (pieces come in walk order, numbered 0, 1, ...).
+    fn handed(&mut self, p: &Piece) {
+        let last = p.dirs.last().cloned().unwrap_or_default();
+        self.out.push_back((p.no, 1, last));
+    }
+
+    fn slot(&mut self, no: u64) -> Option<&mut (u64, usize, PathBuf)> {
+        let first = self.out.front()?.0;
+        self.out
+            .get_mut(usize::try_from(no.checked_sub(first)?).ok()?)
+    }
+
+    /// Piece `no` is retried as `parts` parts.
+    fn split(&mut self, no: u64, parts: usize) {
+        if let Some(o) = self.slot(no) {
+            o.1 += parts.saturating_sub(1);
+        }
+    }
+
+    /// One part of piece `no` is done with.
+    fn part_done(&mut self, no: u64) {
+        if let Some(o) = self.slot(no) {
+            o.1 = o.1.saturating_sub(1);
+        }
+        while self.out.front().is_some_and(|o| o.1 == 0) {
+            self.moved = self.out.pop_front().map(|o| o.2);
+        }
     }
 }
 
@@ -221,4 +233,55 @@ pub fn entries_of(piece: Piece, level: u32, now: Instant) -> Vec<Taken> {
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_covered_prefix_grows_over_pieces_wholly_done() {
+        // Steps: hand out piece n (its last directory "dN"), split n into k parts, one part of
+        // n done; then the prefix's new end, if it moved.
+        enum Step {
+            Hand(u64),
+            Split(u64, usize),
+            Done(u64),
+        }
+        use Step::*;
+        // why, steps, the prefix's new end after each
+        type Row<'a> = (&'a str, &'a [Step], &'a [Option<&'a str>]);
+        #[rustfmt::skip]
+        let table: &[Row] = &[
+            ("in order", &[Hand(0), Hand(1), Done(0), Done(1)], &[None, None, Some("d0"), Some("d1")]),
+            ("out of order: waits for the first", &[Hand(0), Hand(1), Hand(2), Done(1), Done(2), Done(0)],
+                &[None, None, None, None, None, Some("d2")]),
+            ("a split piece needs every part", &[Hand(0), Split(0, 3), Done(0), Done(0), Done(0)],
+                &[None, None, None, None, Some("d0")]),
+            ("a piece handed to the map alone counts done", &[Hand(0), Hand(1), Done(1), Done(0)],
+                &[None, None, None, Some("d1")]),
+            ("an unknown or repeated piece changes nothing", &[Hand(3), Done(1), Done(3), Done(3)],
+                &[None, None, Some("d3"), None]),
+        ];
+        for (why, steps, want) in table {
+            let mut c = Covered::default();
+            let got: Vec<Option<String>> = steps
+                .iter()
+                .map(|s| {
+                    match *s {
+                        Hand(n) => c.handed(&Piece {
+                            no: n,
+                            dirs: vec![PathBuf::from(format!("d{n}"))],
+                            entries: 0,
+                        }),
+                        Split(n, k) => c.split(n, k),
+                        Done(n) => c.part_done(n),
+                    }
+                    c.moved.take().map(|p| p.display().to_string())
+                })
+                .collect();
+            let want: Vec<Option<String>> = want.iter().map(|w| w.map(String::from)).collect();
+            assert_eq!(got, want, "{why}");
+        }
+    }
 }
