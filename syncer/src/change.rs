@@ -1,7 +1,8 @@
 //! The vocabulary every event source speaks: a [`Change`] to one path relative to the source
 //! root, delivered to a [`ChangeSink`]. Sources translate kernel records into these; nothing
 //! downstream knows which kernel interface produced them; and a [`WatchClock`], until when
-//! a source had delivered everything. A leaf: imports nothing of syncer.
+//! a source had delivered everything, and [`ReadMarks`], how far what a reader took from the
+//! kernel is kept. A leaf: imports nothing of syncer.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,17 @@ impl WatchClock {
             ns => Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)),
         }
     }
+}
+
+/// Where a reader marks how far it read the kernel's queue, so that a successor that is handed
+/// the same queue (systemd's fd store) knows whether anything read was lost with this process:
+/// [`ReadMarks::reading`] before each read that may take records, and then either
+/// [`ReadMarks::handed`] once its changes are in the sink (whose journal then confirms it), or
+/// [`ReadMarks::reading`] with the previous number when the read took nothing that needs
+/// keeping. Numbers start at 1 and grow by one per read that took changes.
+pub trait ReadMarks: Send + Sync {
+    fn reading(&self, n: u64);
+    fn handed(&self, n: u64);
 }
 
 /// What happened to a path.

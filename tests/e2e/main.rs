@@ -36,3 +36,4 @@ mod rename;
 mod samefs;
 mod shutdown;
 mod supervise;
+mod systemd;

@@ -72,6 +72,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("setpriv", "util-linux"),
     ("python3", "python3"),
+    // A real systemd as PID 1 of a container (the fd store scenario).
+    ("systemd-nspawn", "systemd-container"),
+    ("nsenter", "util-linux"),
 ];
 
 /// What the bench runs besides syncer, and the Debian package of each.

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod error;
+mod fdstore;
 mod pools;
 pub mod restore;
 pub mod run;

@@ -25,8 +25,13 @@ pub const WALK_THREADS: usize = 8;
 pub struct Planned {
     pub state: Arc<TargetState>,
     pub map: Arc<DedupMap>,
-    /// A full pass (no complete index, or --full-resync); else a catch-up walk.
+    /// A full pass (no complete index, or --full-resync); else a catch-up walk, unless
+    /// `walk` is false.
     pub pass: bool,
+    /// Without a pass: whether the start walks against the index. Not when the fanotify
+    /// group was handed back with everything it had delivered kept (see
+    /// [`crate::state::cursor`]), nor under `--no-initial-sync`.
+    pub walk: bool,
     /// With a pass: the ctime from which entries are queued at once, ahead of the pass (see
     /// [`catchup::recent_walk`]), when a previous syncer used this state.
     pub recent_since: Option<(i64, u32)>,
@@ -50,11 +55,15 @@ fn since(alive: std::time::SystemTime) -> (i64, u32) {
 }
 
 /// Opens the state of `cfg.source` and plans every target; `clock`: the live source's (see
-/// [`State::open_following`]).
+/// [`State::open_following`]); `handed`: the id of the fanotify group the source took up from
+/// systemd's fd store, if it did.
+/// Without a clock (`syncer sync`) nothing is walked, and nothing is noted as owed.
 pub fn open(
     cfg: &Config,
     clock: Option<Arc<crate::change::WatchClock>>,
+    handed: Option<u64>,
 ) -> Result<(State, Vec<Planned>), RunError> {
+    let watching = clock.is_some();
     let state = match State::open_following(
         &cfg.state_dir,
         &cfg.source,
@@ -81,6 +90,16 @@ pub fn open(
             "stopped the transfers a previous syncer on this state left running"
         );
     }
+    // Nothing happened unseen since the previous syncer: its group queued every event since,
+    // and everything its reader had taken was in the journal when it died.
+    let seamless = match (handed, state.previous_marks()) {
+        (Some(g), Some(m)) if m.seamless(g) => true,
+        (Some(_), _) => {
+            warn!("the fanotify group was handed back, but the previous syncer may have died with events read and not yet kept: this start walks for what changed, as after any crash");
+            false
+        }
+        (None, _) => false,
+    };
     let mut planned = Vec::with_capacity(cfg.targets.len());
     for target in &cfg.targets {
         let ts = state.target(&target.display)?;
@@ -113,8 +132,29 @@ pub fn open(
         if pass && !cfg.full_resync {
             info!(target = %target, "no complete index for this target yet: full pass, which builds it");
         }
-        info!(target = %target, pending = pending.len(), catch_up = if pass { "full pass" } else { "walk against the index" }, "state restored from {}", state.dir().display());
-        let recent_since = state.last_alive().filter(|_| pass).map(since);
+        // A walk the previous syncer started and did not end is owed whatever else holds.
+        let owed = ts.walk_owed();
+        let seamless = seamless && owed.is_none();
+        let walk = !pass && cfg.initial_sync && !seamless;
+        let catch_up = match (pass, walk) {
+            (true, _) => "full pass",
+            (false, true) => "walk against the index",
+            (false, false) if seamless => {
+                "none: the kernel kept every event since the previous syncer"
+            }
+            (false, false) => "none (--no-initial-sync)",
+        };
+        info!(target = %target, pending = pending.len(), catch_up, "state restored from {}", state.dir().display());
+        let recent_since = match seamless {
+            true => None,
+            false => state.last_alive().map(since).into_iter().chain(owed).min(),
+        }
+        .filter(|_| pass);
+        if watching && (walk || (recent_since.is_some() && cfg.initial_sync)) {
+            // Before the reader starts, so before this syncer's first heartbeat: a kill
+            // during the walk leaves the next start owing it, from the same moment.
+            ts.set_walk_owed(Some(recent_since.unwrap_or((0, 0))));
+        }
         let covered = ts.pass_covered();
         let resume_after = match (&covered, state.last_alive()) {
             (Some(at), Some(alive)) if pass && !cfg.full_resync && cfg.initial_sync => {
@@ -132,6 +172,7 @@ pub fn open(
             state: ts,
             map,
             pass,
+            walk,
             recent_since,
             resume_after,
         });
@@ -192,6 +233,10 @@ pub fn walk(source: &Path, targets: &[Compared]) {
             }
         }
     }
+    // After what the walk queued (the same writer): nothing is owed any more.
+    for t in targets {
+        t.state.set_walk_owed(None);
+    }
 }
 
 /// Runs the walk ahead of the pass for `targets` (on this thread): entries changed since
@@ -202,7 +247,8 @@ pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared], resumed: &
         return;
     }
     let t0 = Instant::now();
-    match catchup::recent_walk(source, since, targets, resumed, WALK_THREADS) {
+    let walked = catchup::recent_walk(source, since, targets, resumed, WALK_THREADS);
+    match walked {
         Ok(r) => info!(
             dirs = r.dirs,
             entries = r.entries,
@@ -221,6 +267,9 @@ pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared], resumed: &
             }
         }
     }
+    for t in targets {
+        t.state.set_walk_owed(None);
+    }
 }
 
 /// The catch-up a target's pool starts for a rescan of the whole tree.
@@ -233,6 +282,8 @@ pub fn catch_up_for(source: PathBuf, state: Arc<TargetState>, map: Arc<DedupMap>
             state: state.clone(),
             map: map.clone(),
         };
+        // The rescan's entry leaves the map now: a kill during the walk leaves it owed.
+        state.set_walk_owed(Some((0, 0)));
         let source = source.clone();
         let spawned = std::thread::Builder::new()
             .name("catch-up".into())

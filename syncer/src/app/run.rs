@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::fdstore;
 use super::pools::{Job, Pools};
 use super::restore;
 use super::RunError;
@@ -69,12 +70,22 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         caught_up: Default::default(),
     };
     // Armed before the state is opened (a store recovering after a crash takes a moment):
-    // what changes meanwhile queues in the kernel rather than being left to a walk.
-    let opened = source::open(cfg.source_kind, &scfg)?;
-    let (_state, planned) = restore::open(&cfg, Some(scfg.caught_up.clone()))?;
+    // what changes meanwhile queues in the kernel rather than being left to a walk. Under
+    // systemd, the previous syncer's fanotify group may be handed back with what queued
+    // while no syncer ran.
+    let kept = fdstore::take();
+    let kept_id = kept.as_ref().map(|k| k.id);
+    let opened = source::open(cfg.source_kind, &scfg, kept.map(|k| k.fd))?;
+    let taken_up = matches!(opened.kept_queue(), Some((_, true)));
+    let (state, planned) = restore::open(
+        &cfg,
+        Some(scfg.caught_up.clone()),
+        kept_id.filter(|_| taken_up),
+    )?;
+    let marks = keep_group(&state, &opened, kept_id.filter(|_| taken_up), kept_id);
     let maps: Vec<_> = planned.iter().map(|p| p.map.clone()).collect();
     let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps));
-    let mut src = Some(opened.start(sink.clone(), &shutdown)?);
+    let mut src = Some(opened.start(sink.clone(), &shutdown, marks)?);
     let started = Instant::now();
     let mut pools = Pools::start(&cfg, cfg.initial_sync, Job::Run, &shutdown, &planned);
     let mut initial = initial_sync(&cfg, &planned, &mut pools);
@@ -101,7 +112,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
             _ = exited(&mut src) => {
                 let dead = src.take().expect("exited() only resolves with a source");
-                match restart_source(dead, &mut budget, &cfg, &scfg, &sink, &shutdown) {
+                match restart_source(dead, &mut budget, &cfg, &scfg, &sink, &shutdown, &state) {
                     Ok(new) => src = Some(new),
                     Err(e) => {
                         fatal = Some(e);
@@ -127,9 +138,36 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     shutdown.trigger();
     let drained = pools.finish().await;
     drop(planned);
+    drop(state);
     match fatal {
         Some(e) => Err(e),
         None => drained,
+    }
+}
+
+/// The source's kernel queue, if it can outlive this process (a fanotify group): followed by
+/// the state's cursor, and handed to systemd's fd store (replacing `stored`, the group handed
+/// back, when this is another one). `taken_up`: the group is the one handed back. The marks
+/// its reader leaves.
+fn keep_group(
+    state: &crate::state::State,
+    opened: &source::Opened,
+    taken_up: Option<u64>,
+    stored: Option<u64>,
+) -> Option<Arc<dyn crate::change::ReadMarks>> {
+    match opened.kept_queue() {
+        Some((fd, _)) => {
+            let id = taken_up.unwrap_or_else(fdstore::new_id);
+            let marks = state.follow_group(id);
+            fdstore::keep(id, fd, stored);
+            Some(marks)
+        }
+        None => {
+            if let Some(old) = stored {
+                fdstore::forget(old);
+            }
+            None
+        }
     }
 }
 
@@ -142,7 +180,7 @@ fn initial_sync(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let walked: Vec<Compared> = planned
         .iter()
-        .filter(|p| !p.pass && cfg.initial_sync)
+        .filter(|p| p.walk)
         .map(|p| Compared {
             state: p.state.clone(),
             map: p.map.clone(),
@@ -264,6 +302,7 @@ fn restart_source(
     scfg: &SourceConfig,
     sink: &Arc<dyn ChangeSink>,
     shutdown: &Shutdown,
+    state: &crate::state::State,
 ) -> Result<SourceHandle, RunError> {
     let picked = src.picked;
     let stats = src.stats.clone();
@@ -283,7 +322,12 @@ fn restart_source(
         error!("{died}: draining and exiting");
         return Err(died);
     }
-    match source::start(cfg.source_kind, scfg, sink.clone(), shutdown) {
+    // A new kernel queue: the one in the fd store (if any) is replaced with it.
+    let started = source::open(cfg.source_kind, scfg, None).and_then(|o| {
+        let marks = keep_group(state, &o, None, state.followed_group());
+        o.start(sink.clone(), shutdown, marks)
+    });
+    match started {
         Ok(new) => {
             warn!(source = %new.picked, "event source restarted; rescanning the whole tree for what happened meanwhile");
             sink.push(&[Change::rescan("")]);

@@ -15,7 +15,7 @@ pub async fn sync(cfg: Config) -> Result<(), RunError> {
     // Draining from the start: the pools finish the pass and return.
     let shutdown = Shutdown::triggered();
     // The pass builds every target's index (and completes what a crashed run left pending).
-    let (_state, mut planned) = restore::open(&cfg, None)?;
+    let (_state, mut planned) = restore::open(&cfg, None, None)?;
     for p in &mut planned {
         p.pass = true;
     }

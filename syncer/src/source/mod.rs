@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::change::{Change, ChangeSink, WatchClock};
+use crate::change::{Change, ChangeSink, ReadMarks, WatchClock};
 use crate::shutdown::Shutdown;
 
 /// Which kernel event source feeds the pipeline.
@@ -145,6 +145,13 @@ pub trait Source: Send {
     /// kernel only counts are noticed too. An error means records may be lost: the loop
     /// rescans.
     fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()>;
+
+    /// A kernel queue that outlives this process when someone keeps its descriptor (a
+    /// fanotify group: its marks stay and events queue while no syncer reads), and whether it
+    /// was handed over by a predecessor. `None`: the source dies with the process.
+    fn kept_queue(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        None
+    }
 }
 
 /// How a source's thread ended.
@@ -191,10 +198,16 @@ pub struct Opened {
     caught_up: Arc<WatchClock>,
 }
 
-/// Opens the source of `kind` (resolving `auto` through [`policy`]) on `cfg.root`.
-pub fn open(kind: SourceKind, cfg: &SourceConfig) -> Result<Opened, SourceError> {
+/// Opens the source of `kind` (resolving `auto` through [`policy`]) on `cfg.root`; `kept`: a
+/// fanotify group a predecessor left in the service manager's fd store (taken up when the
+/// source is fanotify; `auto` then prefers fanotify, whose group holds what queued meanwhile).
+pub fn open(
+    kind: SourceKind,
+    cfg: &SourceConfig,
+    kept: Option<std::os::fd::OwnedFd>,
+) -> Result<Opened, SourceError> {
     let stats = Arc::new(SourceStats::default());
-    let (picked, source) = policy::open(kind, cfg, &stats)?;
+    let (picked, source) = policy::open(kind, cfg, &stats, kept)?;
     Ok(Opened {
         picked,
         source,
@@ -204,12 +217,18 @@ pub fn open(kind: SourceKind, cfg: &SourceConfig) -> Result<Opened, SourceError>
 }
 
 impl Opened {
+    /// See [`Source::kept_queue`].
+    pub fn kept_queue(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        self.source.kept_queue()
+    }
+
     /// Starts the reader thread, which delivers to `sink` (what queued since the open first)
-    /// until `shutdown` (or a child of it) fires.
+    /// until `shutdown` (or a child of it) fires, leaving `marks` of how far it read.
     pub fn start(
         self,
         sink: Arc<dyn ChangeSink>,
         shutdown: &Shutdown,
+        marks: Option<Arc<dyn ReadMarks>>,
     ) -> Result<SourceHandle, SourceError> {
         let Opened {
             picked,
@@ -224,7 +243,14 @@ impl Opened {
             std::thread::Builder::new()
                 .name(picked.thread_name().into())
                 .spawn(move || {
-                    let exit = reader::run(source, sink, &shutdown, &stats, &caught_up);
+                    let exit = reader::run(
+                        source,
+                        sink,
+                        &shutdown,
+                        &stats,
+                        &caught_up,
+                        marks.as_deref(),
+                    );
                     let _ = tx.send(());
                     exit
                 })
@@ -243,12 +269,12 @@ impl Opened {
     }
 }
 
-/// [`open`] and [`Opened::start`] at once.
+/// [`open`] (a new kernel queue) and [`Opened::start`] at once.
 pub fn start(
     kind: SourceKind,
     cfg: &SourceConfig,
     sink: Arc<dyn ChangeSink>,
     shutdown: &Shutdown,
 ) -> Result<SourceHandle, SourceError> {
-    open(kind, cfg)?.start(sink, shutdown)
+    open(kind, cfg, None)?.start(sink, shutdown, None)
 }

@@ -93,14 +93,21 @@ pub fn choose<T, E>(
     Err(refused)
 }
 
-/// Opens the source of `kind` on `cfg.root`.
+/// Opens the source of `kind` on `cfg.root`; `kept`: a fanotify group handed over (see
+/// [`super::open`]), which puts fanotify first under `auto`.
 pub fn open(
     kind: SourceKind,
     cfg: &SourceConfig,
     stats: &Arc<SourceStats>,
+    kept: Option<std::os::fd::OwnedFd>,
 ) -> Result<(Candidate, Box<dyn Source>), SourceError> {
-    let list = candidates(kind, cfg.ebpf_hooks);
-    let opened = choose(&list, |c| open_one(c, cfg, stats));
+    let mut list = candidates(kind, cfg.ebpf_hooks);
+    if kept.is_some() && kind == SourceKind::Auto {
+        list.retain(|&c| c != Candidate::Fanotify);
+        list.insert(0, Candidate::Fanotify);
+    }
+    let mut kept = kept;
+    let opened = choose(&list, |c| open_one(c, cfg, stats, &mut kept));
     match opened {
         Ok((c, source, refused)) => {
             if !refused.is_empty() {
@@ -124,9 +131,10 @@ fn open_one(
     c: Candidate,
     cfg: &SourceConfig,
     stats: &Arc<SourceStats>,
+    kept: &mut Option<std::os::fd::OwnedFd>,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match c {
-        Candidate::Fanotify => Box::new(fanotify::open_source(cfg, stats.clone())?),
+        Candidate::Fanotify => Box::new(fanotify::open_source(cfg, stats.clone(), kept.take())?),
         Candidate::Inotify => Box::new(inotify::open_source(cfg, stats.clone())?),
         Candidate::Ebpf(hooks) => Box::new(ebpf::open_source(cfg, hooks, stats.clone())?),
     })

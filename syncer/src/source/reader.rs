@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use super::{Source, SourceExit, SourceStats};
-use crate::change::{Change, ChangeSink, WatchClock};
+use crate::change::{Change, ChangeSink, ReadMarks, WatchClock};
 use crate::shutdown::Shutdown;
 
 /// How long a poll waits before the loop looks at the shutdown signal again.
@@ -24,8 +24,11 @@ pub(super) fn run(
     shutdown: &Shutdown,
     stats: &SourceStats,
     caught_up: &WatchClock,
+    marks: Option<&dyn ReadMarks>,
 ) -> SourceExit {
     let mut out = Vec::with_capacity(1024);
+    // Reads that took changes; see ReadMarks for the protocol.
+    let mut n = 0u64;
     let body = std::panic::catch_unwind(AssertUnwindSafe(|| {
         while !shutdown.is_triggered() {
             if let Err(e) = crate::source::fanotify::sys::poll_in(source.fd(), POLL_MS) {
@@ -35,6 +38,9 @@ pub(super) fn run(
             }
             // Tests make the source die for real here (`FAILPOINTS=source-read=...->panic`).
             fail::fail_point!("source-read");
+            if let Some(m) = marks {
+                m.reading(n + 1);
+            }
             if let Err(e) = source.read(&mut out) {
                 warn!("reading the event source failed: {e}; rescanning the whole tree");
                 rescan(&mut out, stats);
@@ -42,6 +48,12 @@ pub(super) fn run(
             if !out.is_empty() {
                 sink.push(&out);
                 out.clear();
+                n += 1;
+                if let Some(m) = marks {
+                    m.handed(n);
+                }
+            } else if let Some(m) = marks {
+                m.reading(n);
             }
             // Nothing queued right after `t`: everything the kernel queued before it is read
             // and handed on (under load, a moment between two reads is enough).

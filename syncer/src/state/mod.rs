@@ -20,6 +20,7 @@
 //! and rebuilt by a full pass.
 
 pub mod catchup;
+pub mod cursor;
 mod lock;
 pub mod meta;
 pub mod stat;
@@ -69,6 +70,10 @@ pub struct State {
     writer: Writer,
     /// When the previous syncer on this state was last alive (its heartbeat), if one was.
     last_alive: Option<std::time::SystemTime>,
+    cursor: Arc<cursor::Cursor>,
+    /// What the previous syncer's reader left in the cursor.
+    previous_marks: Option<cursor::Marks>,
+    followed: std::sync::Mutex<Option<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _lock: File,
 }
@@ -137,22 +142,25 @@ impl State {
             Ok(Some(v)) => writer::alive_time(&v),
             _ => None,
         };
+        let (cursor, previous_marks) = cursor::Cursor::open(dir).map_err(io)?;
+        let cursor = Arc::new(cursor);
         let writer = Writer::new();
         if let Some(c) = clock {
             writer.follow(c);
         }
         let failed = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (db, meta, failed, dir, w) = (
+            let (db, meta, failed, dir, w, cursor) = (
                 db.clone(),
                 meta.clone(),
                 failed.clone(),
                 dir.to_path_buf(),
                 writer.clone(),
+                cursor.clone(),
             );
             std::thread::Builder::new()
                 .name("state-writer".into())
-                .spawn(move || writer::write_loop(&db, &meta, &w, &failed, &dir))
+                .spawn(move || writer::write_loop(&db, &meta, &w, &failed, &dir, &cursor))
                 .map_err(io)?
         };
         Ok(State {
@@ -161,6 +169,9 @@ impl State {
             meta,
             writer,
             last_alive,
+            cursor,
+            previous_marks,
+            followed: Default::default(),
             thread: Some(thread),
             _lock: lock,
         })
@@ -189,6 +200,7 @@ impl State {
             meta: self.meta.clone(),
             complete_key: format!("complete-{id}"),
             covered_key: format!("covered-{id}"),
+            owed_key: format!("owed-{id}"),
             tag: self.dir.display().to_string(),
             writer: self.writer.clone(),
             linked: Default::default(),
@@ -208,6 +220,49 @@ impl State {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The kernel queue this syncer follows ([`State::follow_group`]), if any.
+    pub fn followed_group(&self) -> Option<u64> {
+        *self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the previous syncer's reader left in the cursor ([`cursor`]).
+    pub fn previous_marks(&self) -> Option<cursor::Marks> {
+        self.previous_marks
+    }
+
+    /// This syncer's reader reads kernel queue `group` (before the reader starts): its marks,
+    /// for the reader, confirmed by the writer as the journal takes what was read.
+    pub fn follow_group(&self, group: u64) -> Arc<dyn crate::change::ReadMarks> {
+        self.cursor.start(group);
+        *self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(group);
+        Arc::new(Marks {
+            cursor: self.cursor.clone(),
+            writer: self.writer.clone(),
+        })
+    }
+}
+
+/// The reader's side of the cursor.
+struct Marks {
+    cursor: Arc<cursor::Cursor>,
+    writer: Writer,
+}
+
+impl crate::change::ReadMarks for Marks {
+    fn reading(&self, n: u64) {
+        self.cursor.reading(n);
+    }
+
+    fn handed(&self, n: u64) {
+        self.writer.send(Write::Cursor(n));
     }
 }
 
@@ -282,6 +337,42 @@ mod tests {
             .collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn a_walk_started_and_not_ended_is_owed_by_the_next_start() {
+        let t = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        type Since = Option<(i64, u32)>;
+        #[rustfmt::skip]
+        let table: &[(&str, &[Since], Since)] = &[
+            ("never walked", &[], None),
+            ("started", &[Some((100, 5))], Some((100, 5))),
+            ("started and ended", &[Some((100, 5)), None], None),
+            ("ended, then another started", &[Some((100, 5)), None, Some((7, 0))], Some((7, 0))),
+        ];
+        for (name, steps, want) in table {
+            {
+                let s = State::open(t.path(), src.path(), true).unwrap();
+                let ts = s.target("x").unwrap();
+                for step in *steps {
+                    ts.set_walk_owed(*step);
+                }
+                s.flush();
+            }
+            let s = State::open(t.path(), src.path(), false).unwrap();
+            assert_eq!(s.target("x").unwrap().walk_owed(), *want, "{name}");
+        }
+        // A value that fails its checksum owes a walk from the beginning of time.
+        let s = State::open(t.path(), src.path(), true).unwrap();
+        let ts = s.target("x").unwrap();
+        ts.send(vec![(
+            ts.meta.clone(),
+            ts.owed_key.as_bytes().to_vec(),
+            Some(vec![1; 16]),
+        )]);
+        s.flush();
+        assert_eq!(ts.walk_owed(), Some((0, 0)));
     }
 
     #[test]

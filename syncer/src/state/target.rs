@@ -23,6 +23,8 @@ pub struct TargetState {
     pub(super) complete_key: String,
     /// Where the unfinished pass's covered prefix is kept ([`TargetState::pass_covered`]).
     pub(super) covered_key: String,
+    /// Where a walk that started and has not ended is noted ([`TargetState::walk_owed`]).
+    pub(super) owed_key: String,
     pub(super) tag: String,
     pub(super) writer: Writer,
     /// Hard-linked names the walks met, until the dispatcher takes them (see
@@ -109,7 +111,7 @@ impl TargetState {
         }
     }
 
-    fn send(&self, items: Vec<Item>) {
+    pub(super) fn send(&self, items: Vec<Item>) {
         if !items.is_empty() {
             self.writer.send(Write::Batch(items));
         }
@@ -199,6 +201,39 @@ impl TargetState {
         self.send(vec![(
             self.meta.clone(),
             self.covered_key.as_bytes().to_vec(),
+            v,
+        )]);
+    }
+
+    /// A walk of the source (the catch-up walk, or the walk ahead of a pass) that started and
+    /// did not end: the ctime it looked back to (`(0, 0)` for a value that fails its
+    /// checksum). A start owes it again, even when no event was lost since (see
+    /// [`crate::state::cursor`]): what that walk had not reached yet was never queued.
+    pub fn walk_owed(&self) -> Option<(i64, u32)> {
+        let v = self.meta.get(&self.owed_key).ok()??;
+        let ok = v.len() == 16 && crc32fast::hash(&v[..12]).to_le_bytes() == v[12..];
+        if !ok {
+            return Some((0, 0));
+        }
+        let secs = i64::from_le_bytes(v[..8].try_into().ok()?);
+        let nanos = u32::from_le_bytes(v[8..12].try_into().ok()?);
+        Some((secs, nanos))
+    }
+
+    /// Notes that a walk looking back to `since` starts (`Some`), written before anything the
+    /// writer takes after it (a heartbeat included); or that it ended, after what it queued
+    /// (`None`).
+    pub fn set_walk_owed(&self, since: Option<(i64, u32)>) {
+        let v = since.map(|(secs, nanos)| {
+            let mut v = secs.to_le_bytes().to_vec();
+            v.extend_from_slice(&nanos.to_le_bytes());
+            let sum = crc32fast::hash(&v).to_le_bytes();
+            v.extend_from_slice(&sum);
+            v
+        });
+        self.send(vec![(
+            self.meta.clone(),
+            self.owed_key.as_bytes().to_vec(),
             v,
         )]);
     }

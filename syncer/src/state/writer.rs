@@ -52,6 +52,9 @@ pub(crate) enum Write {
     Flush(std::sync::mpsc::Sender<()>),
     /// Syncs and ends the writer (the state is closing; later writes are dropped).
     Stop,
+    /// The reader's read `n` is in the journal once everything sent before is written
+    /// ([`super::cursor`]).
+    Cursor(u64),
 }
 
 /// Where writes are sent; cheap to clone. Senders append to a buffer and wake the writer only
@@ -177,6 +180,7 @@ fn take(
     n: &mut usize,
     flushes: &mut Vec<std::sync::mpsc::Sender<()>>,
     stop: &mut bool,
+    read: &mut Option<u64>,
 ) {
     match w {
         Write::Batch(items) => {
@@ -190,6 +194,7 @@ fn take(
         }
         Write::Flush(reply) => flushes.push(reply),
         Write::Stop => *stop = true,
+        Write::Cursor(n) => *read = Some(n),
     }
 }
 
@@ -201,6 +206,7 @@ pub(super) fn write_loop(
     writer: &Writer,
     failed: &AtomicBool,
     dir: &Path,
+    cursor: &super::cursor::Cursor,
 ) {
     let mut last_sync = std::time::Instant::now();
     let mut last_beat: Option<std::time::Instant> = None;
@@ -219,9 +225,13 @@ pub(super) fn write_loop(
         let mut n = 0usize;
         let mut flushes = Vec::new();
         let mut stop = false;
+        let mut read = None;
         for w in writes {
-            take(w, &mut batch, &mut n, &mut flushes, &mut stop);
+            take(w, &mut batch, &mut n, &mut flushes, &mut stop, &mut read);
         }
+        // Written to the operating system at each commit (not left in the store's buffer): a
+        // kill -9 then loses only what was still gathering, and the cursor can say so.
+        batch = batch.durability(Some(PersistMode::Buffer));
         let every = if n > 0 { ALIVE_BUSY } else { ALIVE_IDLE };
         let due = stop || last_beat.is_none_or(|t| t.elapsed() >= every);
         let at = due.then(|| writer.beat_time()).flatten();
@@ -239,7 +249,7 @@ pub(super) fn write_loop(
             if n == 0 {
                 // A beat alone is written, not synced.
                 let _ = batch.commit();
-                batch = db.batch();
+                batch = db.batch().durability(Some(PersistMode::Buffer));
             } else {
                 n += 1;
             }
@@ -251,6 +261,10 @@ pub(super) fn write_loop(
                 }
             }
             unsynced = true;
+        }
+        // After a failed write the journal is not what was read, for good.
+        if let (Some(read), false) = (read, failed.load(Ordering::Relaxed)) {
+            cursor.journaled(read);
         }
         if unsynced && (stop || !flushes.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
             if let Err(e) = db.persist(PersistMode::SyncData) {

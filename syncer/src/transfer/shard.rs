@@ -131,6 +131,16 @@ pub async fn run_check(
     run_process(inv, tag, true).await
 }
 
+/// The service manager's environment, kept from rsync.
+const SERVICE_VARS: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
 async fn run_process(
     inv: Invocation,
     tag: Option<String>,
@@ -150,6 +160,11 @@ async fn run_process(
     // transfers its predecessor left running (see `state::kill_orphans`).
     if let Some(tag) = &tag {
         cmd.env(crate::state::ORPHAN_TAG, tag);
+    }
+    // What systemd told syncer is not rsync's to act on (a child notifying the manager, or
+    // taking the passed descriptors for its own).
+    for var in SERVICE_VARS {
+        cmd.env_remove(var);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,

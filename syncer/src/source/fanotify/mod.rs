@@ -134,9 +134,26 @@ pub fn mark_filesystem(
     .map_err(io)
 }
 
-/// Opens the fanotify source: the group, the filesystem mark, the handle resolver.
-pub fn open_source(cfg: &SourceConfig, stats: Arc<SourceStats>) -> Result<Reader, SourceError> {
-    let (fd, mut features) = open(cfg.queue)?;
+/// Opens the fanotify source: the group (`kept`: one a predecessor left in systemd's fd store,
+/// taken up if it is a fanotify group marking only this filesystem, else a new one), the
+/// filesystem mark, the handle resolver.
+pub fn open_source(
+    cfg: &SourceConfig,
+    stats: Arc<SourceStats>,
+    kept: Option<OwnedFd>,
+) -> Result<Reader, SourceError> {
+    let taken = kept.and_then(|fd| match adopt(fd, &cfg.root) {
+        Ok(g) => Some(g),
+        Err(why) => {
+            warn!("the fanotify group kept in the fd store is not taken up ({why}): a new one is opened, and the start walks for what changed meanwhile");
+            None
+        }
+    });
+    let adopted = taken.is_some();
+    let (fd, mut features) = match taken {
+        Some(g) => g,
+        None => open(cfg.queue)?,
+    };
     mark_filesystem(&fd, &cfg.root, &mut features)?;
     let mount_fd: OwnedFd = std::fs::File::open(&cfg.root)
         .map_err(|e| SourceError::Io {
@@ -150,10 +167,12 @@ pub fn open_source(cfg: &SourceConfig, stats: Arc<SourceStats>) -> Result<Reader
         rename = features.rename,
         target_fid = features.init_flags & FAN_REPORT_TARGET_FID != 0,
         unlimited_queue = features.unlimited,
+        kept_group = adopted,
         "event source live: fanotify filesystem mark"
     );
     Ok(Reader {
         fd,
+        adopted,
         resolver,
         stats,
         buf: vec![0u8; BUF_LEN],
@@ -162,9 +181,76 @@ pub fn open_source(cfg: &SourceConfig, stats: Arc<SourceStats>) -> Result<Reader
     })
 }
 
+/// Takes up a group handed over by the service manager: it must be a fanotify group with
+/// directory handles and names whose marks are all filesystem marks on the filesystem of
+/// `root` (a group of an older configuration is not). Its reporting flags come from the
+/// kernel's fdinfo.
+fn adopt(fd: OwnedFd, root: &Path) -> Result<(OwnedFd, Features), String> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // Handed over without close-on-exec: rsync must not inherit it.
+    nix::fcntl::fcntl(
+        raw,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("fcntl: {e}"))?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{raw}")).map_err(|e| e.to_string())?;
+    if link != Path::new("anon_inode:[fanotify]") {
+        return Err(format!("it is {}", link.display()));
+    }
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
+        .map_err(|e| format!("fdinfo: {e}"))?;
+    let dev = nix::sys::stat::stat(root).map_err(|e| format!("stat {}: {e}", root.display()))?;
+    let want = (nix::sys::stat::major(dev.st_dev) << 20) | nix::sys::stat::minor(dev.st_dev);
+    let features = group_features(&info, want)?;
+    Ok((fd, features))
+}
+
+/// The reporting flags of a group from its fdinfo, if every mark in it is a filesystem mark
+/// on the filesystem whose kernel device number is `dev`.
+fn group_features(info: &str, dev: u64) -> Result<Features, String> {
+    let field = |line: &str, key: &str| -> Option<u64> {
+        let v = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+        u64::from_str_radix(v, 16).ok()
+    };
+    let mut flags = None;
+    let mut marks = 0;
+    for line in info.lines().filter(|l| l.starts_with("fanotify ")) {
+        if let Some(f) = field(line, "flags:") {
+            flags = Some(f as u32);
+        } else if let Some(sdev) = field(line, "sdev:") {
+            if line.contains(" ino:") || line.contains("mnt_id:") {
+                return Err("it holds marks other than filesystem marks".into());
+            }
+            if sdev != dev {
+                return Err(format!("it marks another filesystem (device {sdev:x})"));
+            }
+            marks += 1;
+        } else {
+            return Err("it holds marks other than filesystem marks".into());
+        }
+    }
+    let flags = flags.ok_or("its fdinfo names no flags")?;
+    if flags & FAN_REPORT_DFID_NAME != FAN_REPORT_DFID_NAME {
+        return Err(format!(
+            "it does not report directory handles and names (flags {flags:x})"
+        ));
+    }
+    if marks == 0 {
+        return Err("it marks nothing".into());
+    }
+    Ok(Features {
+        init_flags: flags & (FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID),
+        rename: false,
+        unlimited: flags & FAN_UNLIMITED_QUEUE != 0,
+    })
+}
+
 /// The armed fanotify group and what turns its records into changes.
 pub struct Reader {
     fd: OwnedFd,
+    /// The group was handed over by a predecessor (systemd's fd store).
+    adopted: bool,
     resolver: Resolver,
     stats: Arc<SourceStats>,
     buf: Vec<u8>,
@@ -182,6 +268,10 @@ const BUF_LEN: usize = 256 * 1024;
 impl Source for Reader {
     fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    fn kept_queue(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        Some((self.fd.as_fd(), self.adopted))
     }
 
     fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()> {
@@ -419,6 +509,36 @@ mod tests {
         out.into_iter()
             .map(|c| (c.path.display().to_string(), c.kind))
             .collect()
+    }
+
+    #[test]
+    fn a_kept_group_is_taken_up_only_if_it_marks_this_filesystem_alone() {
+        let head = "pos:\t0\nflags:\t02004002\nmnt_id:\t17\nino:\t12\n";
+        let flags = "fanotify flags:1e13 event-flags:8000\n";
+        let fs = |dev: &str| format!("fanotify sdev:{dev} mflags:0 mask:58000100 ignored_mask:0\n");
+        type Want = Result<(u32, bool), &'static str>;
+        #[rustfmt::skip]
+        let table: Vec<(&str, String, Want)> = vec![
+            ("our filesystem mark", format!("{head}{flags}{}", fs("fe00000")),
+                Ok((FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID, true))),
+            ("bounded queue, no child handles", format!("{head}fanotify flags:c03 event-flags:8000\n{}", fs("fe00000")),
+                Ok((FAN_REPORT_DFID_NAME, false))),
+            ("another filesystem", format!("{head}{flags}{}", fs("fe00001")), Err("another filesystem")),
+            ("a second filesystem too", format!("{head}{flags}{}{}", fs("fe00000"), fs("800001")), Err("another filesystem")),
+            ("an inode mark", format!("{head}{flags}fanotify ino:2 sdev:fe00000 mflags:0 mask:1 ignored_mask:0\n"), Err("other than")),
+            ("a mount mark", format!("{head}{flags}fanotify mnt_id:1d mflags:0 mask:1 ignored_mask:0\n"), Err("other than")),
+            ("no names", format!("{head}fanotify flags:213 event-flags:8000\n{}", fs("fe00000")), Err("names")),
+            ("no marks", format!("{head}{flags}"), Err("marks nothing")),
+            ("not fanotify's", head.to_string(), Err("no flags")),
+        ];
+        for (name, info, want) in table {
+            let got = group_features(&info, 0xfe00000).map(|f| (f.init_flags, f.unlimited));
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{name}"),
+                (Err(g), Err(w)) => assert!(g.contains(w), "{name}: {g}"),
+                (g, w) => panic!("{name}: got {g:?}, want {w:?}"),
+            }
+        }
     }
 
     #[test]

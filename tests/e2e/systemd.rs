@@ -1,0 +1,318 @@
+//! syncer as a service of a real systemd (PID 1 of a `systemd-nspawn` container booted from
+//! this machine's own root, seen through a throw-away overlay; the rig's filesystems are bound
+//! in at the same paths, the rsync daemon is the host's on 127.0.0.1).
+//! - `a_crash_under_systemd_reads_the_kept_queue_and_walks_nothing`: the unit keeps the
+//!   fanotify group in systemd's fd store; syncer is killed with SIGKILL, the tree changes
+//!   while it is down (new files, a rewrite that keeps size and mtime, a deleted tree, a
+//!   renamed directory), systemd restarts it and hands the group back: the restart reads what
+//!   the kernel queued meanwhile, walks nothing, sends only what changed, and the trees end
+//!   identical.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A container with systemd as PID 1; dropped: killed, its overlay unmounted.
+struct Container {
+    nspawn: std::process::Child,
+    leader: u32,
+    dir: tempfile::TempDir,
+}
+
+/// Why this machine cannot boot a container (printed as SKIP, or a failure when required).
+fn container_unavailable() -> Option<String> {
+    for p in [
+        "/usr/bin/systemd-nspawn",
+        "/lib/systemd/systemd",
+        "/usr/bin/nsenter",
+    ] {
+        if !Path::new(p).exists() {
+            return Some(format!(
+                "{p} not found (Debian packages systemd-container, systemd, util-linux)"
+            ));
+        }
+    }
+    None
+}
+
+impl Container {
+    /// Boots a container whose root is an overlay of `/` (writes go to a tmpfs), with `binds`
+    /// mounted at the same paths; waits until its systemd says it is running.
+    fn boot(binds: &[&Path]) -> Container {
+        let dir = temp_dir("nspawn");
+        let up = dir.path().join("up");
+        let root = dir.path().join("root");
+        mkdirs(&up);
+        mkdirs(&root);
+        run_tool(
+            Command::new(tool("mount"))
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(&up),
+        )
+        .unwrap();
+        mkdirs(&up.join("u"));
+        mkdirs(&up.join("w"));
+        run_tool(
+            Command::new(tool("mount"))
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!(
+                    "lowerdir=/,upperdir={},workdir={}",
+                    up.join("u").display(),
+                    up.join("w").display()
+                ))
+                .arg(&root),
+        )
+        .unwrap();
+        let mut cmd = Command::new("/usr/bin/systemd-nspawn");
+        cmd.arg(format!("--directory={}", root.display()))
+            .args([
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+            ])
+            // nspawn's seccomp filter refuses fanotify and open_by_handle_at by default.
+            .args(["--capability=all", "--system-call-filter=@file-system fanotify_init fanotify_mark open_by_handle_at name_to_handle_at bpf perf_event_open"])
+            .arg("--machine")
+            .arg(format!("syncer-e2e-{}", std::process::id()));
+        for b in binds {
+            cmd.arg(format!("--bind={}", b.display()));
+        }
+        let log = std::fs::File::create(dir.path().join("nspawn.log")).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        eprintln!("$ {cmd:?}");
+        let nspawn = cmd.spawn().expect("spawn systemd-nspawn");
+        let mut c = Container {
+            leader: 0,
+            nspawn,
+            dir,
+        };
+        let t0 = Instant::now();
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "the container did not boot:\n{}",
+                std::fs::read_to_string(c.dir.path().join("nspawn.log")).unwrap_or_default()
+            );
+            if let Some(pid) = c.find_leader() {
+                c.leader = pid;
+                let state = c.exec(&["systemctl", "is-system-running"]);
+                if state.trim() == "running" || state.trim() == "degraded" {
+                    return c;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The container's PID 1, seen from here: nspawn's child.
+    fn find_leader(&self) -> Option<u32> {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.nspawn.id()))
+                .ok()?;
+        kids.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Runs `argv` inside the container; its stdout (stderr is echoed).
+    fn exec(&self, argv: &[&str]) -> String {
+        let out = Command::new("/usr/bin/nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-m", "-u", "-i", "-p", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter");
+        if !out.stderr.is_empty() {
+            eprintln!(
+                "[container] {argv:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Installs `text` as a runtime unit (under the container's /run) and starts it; `via`: a
+    /// directory bound into the container, for the file on its way in.
+    fn start_unit(&self, name: &str, text: &str, via: &Path) {
+        let file = via.join(name);
+        write_file(&file, text.as_bytes());
+        let dest = format!("/run/systemd/system/{name}");
+        self.exec(&["mkdir", "-p", "/run/systemd/system"]);
+        self.exec(&["cp", file.to_str().unwrap(), &dest]);
+        self.exec(&["systemctl", "daemon-reload"]);
+        self.exec(&["systemctl", "start", name]);
+    }
+
+    fn main_pid(&self, unit: &str) -> u32 {
+        self.exec(&["systemctl", "show", "-P", "MainPID", unit])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // Killing the container's PID 1 ends every process of its PID namespace; nspawn
+        // killed alone would leave them running.
+        if let Some(pid) = self.find_leader() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        let root = self.dir.path().join("root");
+        for m in [root, self.dir.path().join("up")] {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// The log file's text (the unit appends both processes' output to it).
+fn read_log(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn wait_log(p: &Path, marker: &str, from: usize, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let log = read_log(p);
+        if log.get(from..).is_some_and(|l| l.contains(marker)) {
+            return log[from..].to_string();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "no {marker:?} in the unit's log after {timeout:?}:\n{}",
+            log.get(from..).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_crash_under_systemd_reads_the_kept_queue_and_walks_nothing() {
+    let Some(rig) = Rig::new() else { return };
+    if let Some(why) = container_unavailable() {
+        let required =
+            std::env::var_os("SYNCER_E2E_REQUIRE").is_some_and(|v| !v.is_empty() && v != "0");
+        assert!(!required, "cannot boot a systemd container: {why}");
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let src = &rig.src;
+    let files = make_tree(
+        &src.join("t"),
+        &TreeSpec {
+            max_size: 4096,
+            ..TreeSpec::new(600)
+        },
+    );
+    let bin = std::fs::canonicalize(syncer_bin()).unwrap();
+    let bin_dir = bin.parent().unwrap().to_path_buf();
+    let log = rig.scratch().join("unit.log");
+    let container = Container::boot(&[rig.fs.path(), rig.scratch(), &bin_dir]);
+    let unit = format!(
+        "[Service]\n\
+         Type=simple\n\
+         NotifyAccess=main\n\
+         FileDescriptorStoreMax=4\n\
+         Restart=always\n\
+         RestartSec=2\n\
+         Environment=RUST_LOG=info NO_COLOR=1\n\
+         StandardOutput=append:{log}\n\
+         StandardError=append:{log}\n\
+         ExecStart={bin} run --source {src} --target {url} --source-kind fanotify --delay 50 --state-dir {state}\n",
+        log = log.display(),
+        bin = bin.display(),
+        src = src.display(),
+        url = rig.daemon.url(),
+        state = rig.state_dir().display(),
+    );
+    container.start_unit("syncer-e2e.service", &unit, rig.scratch());
+    wait_log(&log, INITIAL_SYNC_FINISHED, 0, MARKER_TIMEOUT);
+    let first = wait_log(&log, "fd store", 0, MARKER_TIMEOUT);
+    assert!(
+        first.contains("handed to systemd's fd store"),
+        "the first process stores its group:\n{first}"
+    );
+    let target = rig.daemon.path();
+    converge_to(src, target);
+    write_file(&src.join("t/live-before.txt"), b"seen live");
+    converge_to(src, target);
+
+    // The crash, and changes while no syncer runs.
+    let pid = container.main_pid("syncer-e2e.service");
+    assert!(pid > 0, "the unit has a main process");
+    let before = read_log(&log).len();
+    let received_before = rig.daemon.received().len();
+    container.exec(&["kill", "-9", &pid.to_string()]);
+    let t0 = Instant::now();
+    while container.main_pid("syncer-e2e.service") == pid && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The rewrite keeps size and mtime: only its event (or a ctime walk) can tell.
+    let k = src.join("t").join(&files[0]);
+    let meta = std::fs::metadata(&k).unwrap();
+    let mut data = std::fs::read(&k).unwrap();
+    for b in data.iter_mut() {
+        *b = b.wrapping_add(1);
+    }
+    write_file(&k, &data);
+    set_mtime(&k, meta.mtime(), meta.mtime_nsec());
+    write_file(&src.join("t/made-while-down.txt"), b"queued in the kernel");
+    mkdirs(&src.join("t/new-dir/deeper"));
+    write_file(&src.join("t/new-dir/deeper/f"), b"nested");
+    std::fs::remove_dir_all(src.join("t/d1")).unwrap();
+    std::fs::rename(src.join("t/d2"), src.join("t/d2-renamed")).unwrap();
+
+    let second = wait_log(&log, INITIAL_SYNC_FINISHED, before, Duration::from_secs(60));
+    converge_to(src, target);
+    assert!(
+        second.contains("systemd handed back the fanotify group"),
+        "the restarted syncer gets the group back:\n{second}"
+    );
+    assert!(
+        second.contains("kept_group=true"),
+        "and takes it up:\n{second}"
+    );
+    assert!(
+        second.contains("the kernel kept every event since the previous syncer"),
+        "the restart trusts the kept queue:\n{second}"
+    );
+    assert!(
+        !second.contains("catch-up walk done") && !second.contains("walk ahead"),
+        "no walk after a crash with the group kept:\n{second}"
+    );
+    // What the restart sent: the changed files (and the renamed directory's files), not the tree.
+    let received: Vec<String> = rig.daemon.received()[received_before..].to_vec();
+    let renamed = files.iter().filter(|f| f.starts_with("d2")).count();
+    assert!(
+        received.iter().any(|r| r.contains("made-while-down.txt"))
+            && received
+                .iter()
+                .any(|r| r.ends_with(&files[0].display().to_string())),
+        "the changes made while down were sent: {received:?}"
+    );
+    assert!(
+        received.len() <= renamed + 10,
+        "the restart sends what changed ({} files below the renamed directory, a few new and \
+         rewritten), not the tree of {}: {} sent: {received:?}",
+        renamed,
+        files.len(),
+        received.len()
+    );
+    eprintln!("the restart sent {} files:\n{second}", received.len());
+    drop(container);
+}
+
+fn converge_to(src: &Path, target: &Path) {
+    assert_converges(src, target, CONVERGE_TIMEOUT);
+}
