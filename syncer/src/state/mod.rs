@@ -340,6 +340,64 @@ mod tests {
     }
 
     #[test]
+    fn index_updates_write_only_what_differs() {
+        let t = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let s = State::open(t.path(), src.path(), true).unwrap();
+        let ts = s.target("x").unwrap();
+        ts.apply(&[
+            IndexUpdate::Children(
+                "a".into(),
+                vec![(b"f".to_vec(), file(2)), (b"sub".to_vec(), dir_meta(3))],
+            ),
+            IndexUpdate::Put("a/sub/x".into(), file(4)),
+            IndexUpdate::Put("a/sub/deep/y".into(), file(5)),
+        ]);
+        s.flush();
+        // What one update would write: "+path" puts, "-path" removals.
+        let shown = |items: Vec<target::Item>| -> Vec<String> {
+            let mut v: Vec<String> = items
+                .iter()
+                .map(|(_, k, v)| {
+                    let k = String::from_utf8_lossy(k).replace('\0', "/");
+                    let k = k.trim_start_matches('/').to_string();
+                    format!("{}{k}", if v.is_some() { "+" } else { "-" })
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let kids = |v: &[(&str, Meta)]| -> Vec<(Vec<u8>, Meta)> {
+            v.iter().map(|(n, m)| (n.as_bytes().to_vec(), *m)).collect()
+        };
+        #[rustfmt::skip]
+        let children: &[(&str, Vec<(Vec<u8>, Meta)>, &[&str])] = &[
+            ("nothing changed", kids(&[("f", file(2)), ("sub", dir_meta(3))]), &[]),
+            ("one file changed", kids(&[("f", file(9)), ("sub", dir_meta(3))]), &["+a/f"]),
+            ("a new file", kids(&[("f", file(2)), ("g", file(6)), ("sub", dir_meta(3))]), &["+a/g"]),
+            ("a directory gone", kids(&[("f", file(2))]), &["-a/sub", "-a/sub/deep/y", "-a/sub/x"]),
+            ("a directory replaced by a file", kids(&[("f", file(2)), ("sub", file(7))]),
+                &["+a/sub", "-a/sub/deep/y", "-a/sub/x"]),
+        ];
+        for (name, kids, want) in children {
+            let mut items = Vec::new();
+            ts.children_into(&mut items, Path::new("a"), kids);
+            assert_eq!(shown(items), *want, "{name}");
+        }
+        #[rustfmt::skip]
+        let removals: &[(&str, &str, &[&str])] = &[
+            ("a file: no scan", "a/f", &["-a/f"]),
+            ("a directory: its subtree", "a/sub", &["-a/sub", "-a/sub/deep/y", "-a/sub/x"]),
+            ("unknown: scanned, nothing below", "a/nothing", &["-a/nothing"]),
+        ];
+        for (name, path, want) in removals {
+            let mut items = Vec::new();
+            ts.remove_into(&mut items, Path::new(path));
+            assert_eq!(shown(items), *want, "{name}");
+        }
+    }
+
+    #[test]
     fn a_walk_started_and_not_ended_is_owed_by_the_next_start() {
         let t = tempfile::tempdir().unwrap();
         let src = tempfile::tempdir().unwrap();

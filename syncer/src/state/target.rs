@@ -11,7 +11,7 @@ use super::StateError;
 use crate::queue::{Journal, JournalEntry, Op};
 
 /// One insert (`Some` value) or removal for the writer.
-type Item = (Keyspace, Vec<u8>, Option<Vec<u8>>);
+pub(super) type Item = (Keyspace, Vec<u8>, Option<Vec<u8>>);
 
 pub struct TargetState {
     pub(super) name: String,
@@ -303,9 +303,18 @@ impl TargetState {
         self.send(items);
     }
 
-    /// Adds the removal of `path` and everything below it.
-    fn remove_into(&self, items: &mut Vec<Item>, path: &Path) {
+    /// Adds the removal of `path` and everything below it. An entry the index holds as a
+    /// non-directory has nothing below it: no scan (most removals are of files).
+    pub(super) fn remove_into(&self, items: &mut Vec<Item>, path: &Path) {
         items.push((self.index.clone(), meta::key(path), None));
+        if matches!(self.get(path), Ok(Some(m)) if !m.is_dir()) {
+            return;
+        }
+        self.below_into(items, path);
+    }
+
+    /// Adds the removal of everything below `path` (not `path` itself).
+    fn below_into(&self, items: &mut Vec<Item>, path: &Path) {
         let mut prefixes = vec![meta::children_prefix(path)];
         prefixes.extend(meta::deeper_prefix(path));
         for prefix in prefixes {
@@ -317,23 +326,39 @@ impl TargetState {
         }
     }
 
-    /// Adds "the children of `dir` are exactly `kids`".
-    fn children_into(&self, items: &mut Vec<Item>, dir: &Path, kids: &[(Vec<u8>, Meta)]) {
-        let present: std::collections::HashSet<&[u8]> =
-            kids.iter().map(|(name, _)| name.as_slice()).collect();
-        if let Ok(old) = self.children(dir) {
-            for (name, m) in old {
-                if !present.contains(name.as_slice()) {
+    /// Adds "the children of `dir` are exactly `kids`": the entries that went away are
+    /// removed (with their subtrees), and only the entries that differ from the index are
+    /// written (a shallow transfer after one file changed in a directory of thousands writes
+    /// one entry, not thousands).
+    pub(super) fn children_into(
+        &self,
+        items: &mut Vec<Item>,
+        dir: &Path,
+        kids: &[(Vec<u8>, Meta)],
+    ) {
+        let present: std::collections::HashMap<&[u8], &Meta> =
+            kids.iter().map(|(name, m)| (name.as_slice(), m)).collect();
+        let mut known = std::collections::HashMap::new();
+        match self.children(dir) {
+            Ok(old) => {
+                for (name, m) in old {
                     let p = dir.join(std::ffi::OsStr::from_bytes(&name));
-                    if m.is_dir() {
-                        self.remove_into(items, &p);
-                    } else {
-                        items.push((self.index.clone(), meta::key(&p), None));
+                    match present.get(name.as_slice()) {
+                        None if m.is_dir() => self.remove_into(items, &p),
+                        None => items.push((self.index.clone(), meta::key(&p), None)),
+                        // A directory replaced by something else: what was below it goes.
+                        Some(new) if m.is_dir() && !new.is_dir() => self.below_into(items, &p),
+                        Some(_) => {}
                     }
+                    known.insert(name, m);
                 }
             }
+            Err(_) => known.clear(),
         }
         for (name, m) in kids {
+            if known.get(name) == Some(m) {
+                continue;
+            }
             let p = dir.join(std::ffi::OsStr::from_bytes(name));
             let k = meta::key(&p);
             let v = m.encode(&k);
