@@ -367,11 +367,12 @@ mod tests {
             v.sort();
             v
         };
-        let kids = |v: &[(&str, Meta)]| -> Vec<(Vec<u8>, Meta)> {
+        type Kids = Vec<(Vec<u8>, Meta)>;
+        let kids = |v: &[(&str, Meta)]| -> Kids {
             v.iter().map(|(n, m)| (n.as_bytes().to_vec(), *m)).collect()
         };
         #[rustfmt::skip]
-        let children: &[(&str, Vec<(Vec<u8>, Meta)>, &[&str])] = &[
+        let children: &[(&str, Kids, &[&str])] = &[
             ("nothing changed", kids(&[("f", file(2)), ("sub", dir_meta(3))]), &[]),
             ("one file changed", kids(&[("f", file(9)), ("sub", dir_meta(3))]), &["+a/f"]),
             ("a new file", kids(&[("f", file(2)), ("g", file(6)), ("sub", dir_meta(3))]), &["+a/g"]),
