@@ -32,15 +32,21 @@ impl WatchClock {
     }
 }
 
-/// Where a reader marks how far it read the kernel's queue, so that a successor that is handed
-/// the same queue (systemd's fd store) knows whether anything read was lost with this process:
-/// [`ReadMarks::reading`] before each read that may take records, and then either
-/// [`ReadMarks::handed`] once its changes are in the sink (whose journal then confirms it), or
-/// [`ReadMarks::reading`] with the previous number when the read took nothing that needs
-/// keeping. Numbers start at 1 and grow by one per read that took changes.
+/// Where a reader marks how far it read the kernel's queue, so that a successor handed the
+/// same queue (systemd's fd store) knows whether anything read was lost with this process,
+/// and gets back what was read and kept but not yet journaled. Per read: [`ReadMarks::reading`]
+/// before it, [`ReadMarks::raw`] with the records it took (before they are turned into
+/// changes), [`ReadMarks::handed`] once its changes are in the sink.
 pub trait ReadMarks: Send + Sync {
-    fn reading(&self, n: u64);
-    fn handed(&self, n: u64);
+    /// Raw record buffers the predecessor kept and had not journaled, oldest first: they are
+    /// turned into changes (and handed) before anything new is read.
+    fn unjournaled(&self) -> Vec<Vec<u8>>;
+    /// A read that may take records begins.
+    fn reading(&self);
+    /// The records it took, as the kernel gave them.
+    fn raw(&self, bytes: &[u8]);
+    /// Its changes (or the unjournaled buffers' changes) are in the sink.
+    fn handed(&self);
 }
 
 /// What happened to a path.

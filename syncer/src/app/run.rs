@@ -158,9 +158,21 @@ fn keep_group(
     match opened.kept_queue() {
         Some((fd, _)) => {
             let id = taken_up.unwrap_or_else(fdstore::new_id);
-            let marks = state.follow_group(id);
-            fdstore::keep(id, fd, stored);
-            Some(marks)
+            match state.follow_group(id) {
+                Ok(marks) => {
+                    fdstore::keep(id, fd, stored);
+                    Some(marks)
+                }
+                Err(e) => {
+                    // Without marks a kept group would look to a successor as the last
+                    // marks say: it is not kept, and the next start walks.
+                    warn!("{e}: the fanotify group is not kept for a restart");
+                    if let Some(old) = stored {
+                        fdstore::forget(old);
+                    }
+                    None
+                }
+            }
         }
         None => {
             if let Some(old) = stored {

@@ -146,6 +146,22 @@ pub trait Source: Send {
     /// rescans.
     fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()>;
 
+    /// [`Source::read`], giving `marks` the raw records before turning them into changes
+    /// (sources whose records a successor can replay; the others just read).
+    fn read_keeping(
+        &mut self,
+        out: &mut Vec<Change>,
+        marks: &dyn ReadMarks,
+    ) -> std::io::Result<()> {
+        let _ = marks;
+        self.read(out)
+    }
+
+    /// Turns raw records a predecessor kept ([`ReadMarks::unjournaled`]) into changes.
+    fn replay(&mut self, raw: &[u8], out: &mut Vec<Change>) {
+        let _ = (raw, out);
+    }
+
     /// A kernel queue that outlives this process when someone keeps its descriptor (a
     /// fanotify group: its marks stay and events queue while no syncer reads), and whether it
     /// was handed over by a predecessor. `None`: the source dies with the process.

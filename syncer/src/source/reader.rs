@@ -27,9 +27,24 @@ pub(super) fn run(
     marks: Option<&dyn ReadMarks>,
 ) -> SourceExit {
     let mut out = Vec::with_capacity(1024);
-    // Reads that took changes; see ReadMarks for the protocol.
-    let mut n = 0u64;
     let body = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        // What a predecessor read from this queue and kept, but had not journaled.
+        if let Some(m) = marks {
+            let kept = m.unjournaled();
+            if !kept.is_empty() {
+                for raw in &kept {
+                    source.replay(raw, &mut out);
+                }
+                tracing::info!(
+                    buffers = kept.len(),
+                    changes = out.len(),
+                    "replayed what the previous syncer read from the queue and had not journaled"
+                );
+                sink.push(&out);
+                out.clear();
+                m.handed();
+            }
+        }
         while !shutdown.is_triggered() {
             if let Err(e) = crate::source::fanotify::sys::poll_in(source.fd(), POLL_MS) {
                 warn!("poll of the event source failed: {e}; rescanning the whole tree");
@@ -38,22 +53,26 @@ pub(super) fn run(
             }
             // Tests make the source die for real here (`FAILPOINTS=source-read=...->panic`).
             fail::fail_point!("source-read");
-            if let Some(m) = marks {
-                m.reading(n + 1);
-            }
-            if let Err(e) = source.read(&mut out) {
+            let read = match marks {
+                Some(m) => {
+                    m.reading();
+                    source.read_keeping(&mut out, m)
+                }
+                None => source.read(&mut out),
+            };
+            if let Err(e) = read {
                 warn!("reading the event source failed: {e}; rescanning the whole tree");
                 rescan(&mut out, stats);
             }
             if !out.is_empty() {
+                // Tests stop a reader here, holding a read it kept and did not hand on
+                // (`FAILPOINTS=source-handing=pause`), and kill the process.
+                fail::fail_point!("source-handing");
                 sink.push(&out);
                 out.clear();
-                n += 1;
-                if let Some(m) = marks {
-                    m.handed(n);
-                }
-            } else if let Some(m) = marks {
-                m.reading(n);
+            }
+            if let Some(m) = marks {
+                m.handed();
             }
             // Nothing queued right after `t`: everything the kernel queued before it is read
             // and handed on (under load, a moment between two reads is enough).

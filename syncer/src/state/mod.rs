@@ -29,7 +29,7 @@ mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -39,6 +39,7 @@ pub use self::lock::{kill_orphans, ORPHAN_TAG};
 pub use self::meta::IndexUpdate;
 pub use self::target::{Failure, TargetState};
 use self::writer::{Write, Writer};
+use crate::change::ReadMarks;
 
 /// The identity record's version; a state written by another layout is not read.
 const SCHEMA: u32 = 1;
@@ -236,33 +237,108 @@ impl State {
     }
 
     /// This syncer's reader reads kernel queue `group` (before the reader starts): its marks,
-    /// for the reader, confirmed by the writer as the journal takes what was read.
-    pub fn follow_group(&self, group: u64) -> Arc<dyn crate::change::ReadMarks> {
-        self.cursor.start(group);
+    /// for the reader, confirmed by the writer as the journal takes what was read. When the
+    /// predecessor followed the same group and kept every read it began, its spool is
+    /// continued and what it had not journaled is given back ([`ReadMarks::unjournaled`]);
+    /// otherwise cursor and spool start over.
+    pub fn follow_group(&self, group: u64) -> Result<Arc<dyn ReadMarks>, StateError> {
+        let go_on = self.previous_marks.filter(|m| m.seamless(group));
+        let (spool, kept) = cursor::Spool::open(&self.dir, go_on.map(|m| (m.journaled, m.saved)))
+            .map_err(|source| StateError::Io {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        let n = match go_on {
+            Some(m) => {
+                self.cursor.reading(m.saved);
+                m.saved
+            }
+            None => {
+                self.cursor.start(group);
+                0
+            }
+        };
         *self
             .followed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(group);
-        Arc::new(Marks {
+        Ok(Arc::new(Marks {
             cursor: self.cursor.clone(),
             writer: self.writer.clone(),
-        })
+            spool: std::sync::Mutex::new(spool),
+            n: AtomicU64::new(n),
+            took: AtomicBool::new(false),
+            replayed: AtomicBool::new(false),
+            kept: std::sync::Mutex::new(kept),
+            failed: AtomicBool::new(false),
+            dir: self.dir.clone(),
+        }))
     }
 }
 
-/// The reader's side of the cursor.
+/// The reader's side of the cursor and the spool (used from the reader thread only).
 struct Marks {
     cursor: Arc<cursor::Cursor>,
     writer: Writer,
+    spool: std::sync::Mutex<cursor::Spool>,
+    /// The last read kept (or handed).
+    n: AtomicU64,
+    /// The read begun took records.
+    took: AtomicBool,
+    /// The predecessor's unjournaled reads were given back and not yet handed.
+    replayed: AtomicBool,
+    kept: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// The spool could not be written: nothing is marked kept any more.
+    failed: AtomicBool,
+    dir: PathBuf,
 }
 
-impl crate::change::ReadMarks for Marks {
-    fn reading(&self, n: u64) {
-        self.cursor.reading(n);
+impl ReadMarks for Marks {
+    fn unjournaled(&self) -> Vec<Vec<u8>> {
+        let kept = std::mem::take(
+            &mut *self
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.replayed.store(!kept.is_empty(), Ordering::Relaxed);
+        kept
     }
 
-    fn handed(&self, n: u64) {
-        self.writer.send(Write::Cursor(n));
+    fn reading(&self) {
+        self.took.store(false, Ordering::Relaxed);
+        self.cursor.reading(self.n.load(Ordering::Relaxed) + 1);
+    }
+
+    fn raw(&self, bytes: &[u8]) {
+        self.took.store(true, Ordering::Relaxed);
+        if self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let last = self.n.load(Ordering::Relaxed);
+        let mut spool = self
+            .spool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match spool.append(last + 1, bytes, self.cursor.journaled_now(), last) {
+            Ok(()) => self.cursor.saved(last + 1),
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                warn!("cannot write the reader's spool in {} ({e}): a restart walks the tree for what changed", self.dir.display());
+            }
+        }
+    }
+
+    fn handed(&self) {
+        if self.took.swap(false, Ordering::Relaxed) {
+            let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
+            self.writer.send(Write::Cursor(n));
+        } else if self.replayed.swap(false, Ordering::Relaxed) {
+            self.writer
+                .send(Write::Cursor(self.n.load(Ordering::Relaxed)));
+        } else {
+            self.cursor.reading(self.n.load(Ordering::Relaxed));
+        }
     }
 }
 

@@ -275,18 +275,39 @@ impl Source for Reader {
     }
 
     fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()> {
+        self.read_and(out, |_| {})
+    }
+
+    fn read_keeping(
+        &mut self,
+        out: &mut Vec<Change>,
+        marks: &dyn crate::change::ReadMarks,
+    ) -> std::io::Result<()> {
+        self.read_and(out, |raw| marks.raw(raw))
+    }
+
+    fn replay(&mut self, raw: &[u8], out: &mut Vec<Change>) {
+        self.handle_buffer(raw);
+        out.append(&mut self.out);
+    }
+}
+
+impl Reader {
+    /// One read; `keep` sees the records before they are turned into changes.
+    fn read_and(&mut self, out: &mut Vec<Change>, keep: impl FnOnce(&[u8])) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         let r = read(self.fd.as_fd(), &mut buf);
         if let Ok(n) = r {
+            if n > 0 {
+                keep(&buf[..n]);
+            }
             self.handle_buffer(&buf[..n]);
         }
         self.buf = buf;
         out.append(&mut self.out);
         r.map(drop)
     }
-}
 
-impl Reader {
     fn rescan(&mut self, why: &str) {
         self.stats.rescans.fetch_add(1, Ordering::Relaxed);
         debug!("rescan of the whole tree: {why}");
