@@ -14,20 +14,6 @@ use crate::util::*;
 const DIED: &str = "the event source died";
 const RESTARTED: &str = "event source restarted";
 
-/// Whether this build can inject the fault (else the test cannot run: skip, or fail under
-/// `SYNCER_E2E_REQUIRE=1`).
-fn failpoints() -> bool {
-    if cfg!(feature = "failpoints") {
-        return true;
-    }
-    let msg = "the syncer binary was built without the `failpoints` feature (use cargo xtask test)";
-    if std::env::var_os("SYNCER_E2E_REQUIRE").is_some_and(|v| v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIP: {msg}");
-    false
-}
-
 fn spawn_with_failpoint(rig: &Rig, kind: SourceKind, failpoints: &str) -> Syncer {
     let mut args: Vec<std::ffi::OsString> =
         vec!["run".into(), "--source".into(), rig.src.clone().into()];

@@ -28,7 +28,20 @@ struct Container {
     dir: tempfile::TempDir,
 }
 
-/// Why this machine cannot boot a container (printed as SKIP, or a failure when required).
+/// Whether this machine can boot a container; else prints `SKIP:` and returns false, or fails
+/// under `SYNCER_E2E_REQUIRE=1`.
+fn containers() -> bool {
+    let Some(why) = container_unavailable() else {
+        return true;
+    };
+    let required =
+        std::env::var_os("SYNCER_E2E_REQUIRE").is_some_and(|v| !v.is_empty() && v != "0");
+    assert!(!required, "cannot boot a systemd container: {why}");
+    eprintln!("SKIP: {why}");
+    false
+}
+
+/// Why this machine cannot boot a container.
 fn container_unavailable() -> Option<String> {
     for p in [
         "/usr/bin/systemd-nspawn",
@@ -186,6 +199,35 @@ impl Drop for Container {
     }
 }
 
+/// A unit running `exec_start` (which runs syncer on the rig: source, daemon target, state)
+/// with the fd store, restarted after every death, both processes' output appended to `log`.
+fn unit(log: &Path, restart_sec: u32, exec_start: &str) -> String {
+    format!(
+        "[Service]\n\
+         Type=simple\n\
+         NotifyAccess=main\n\
+         FileDescriptorStoreMax=4\n\
+         Restart=always\n\
+         RestartSec={restart_sec}\n\
+         Environment=RUST_LOG=info NO_COLOR=1\n\
+         StandardOutput=append:{log}\n\
+         StandardError=append:{log}\n\
+         ExecStart={exec_start}\n",
+        log = log.display(),
+    )
+}
+
+/// `syncer run` on the rig (fanotify, its daemon target, its state) as `bin`.
+fn run_args(bin: &Path, rig: &Rig) -> String {
+    format!(
+        "{bin} run --source {src} --target {url} --source-kind fanotify --delay 50 --state-dir {state}",
+        bin = bin.display(),
+        src = rig.src.display(),
+        url = rig.daemon.url(),
+        state = rig.state_dir().display(),
+    )
+}
+
 /// The log file's text (the unit appends both processes' output to it).
 fn read_log(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
@@ -210,11 +252,7 @@ fn wait_log(p: &Path, marker: &str, from: usize, timeout: Duration) -> String {
 #[test]
 fn a_crash_under_systemd_reads_the_kept_queue_and_walks_nothing() {
     let Some(rig) = Rig::new() else { return };
-    if let Some(why) = container_unavailable() {
-        let required =
-            std::env::var_os("SYNCER_E2E_REQUIRE").is_some_and(|v| !v.is_empty() && v != "0");
-        assert!(!required, "cannot boot a systemd container: {why}");
-        eprintln!("SKIP: {why}");
+    if !containers() {
         return;
     }
     let src = &rig.src;
@@ -229,23 +267,7 @@ fn a_crash_under_systemd_reads_the_kept_queue_and_walks_nothing() {
     let bin_dir = bin.parent().unwrap().to_path_buf();
     let log = rig.scratch().join("unit.log");
     let container = Container::boot(&[rig.fs.path(), rig.scratch(), &bin_dir]);
-    let unit = format!(
-        "[Service]\n\
-         Type=simple\n\
-         NotifyAccess=main\n\
-         FileDescriptorStoreMax=4\n\
-         Restart=always\n\
-         RestartSec=2\n\
-         Environment=RUST_LOG=info NO_COLOR=1\n\
-         StandardOutput=append:{log}\n\
-         StandardError=append:{log}\n\
-         ExecStart={bin} run --source {src} --target {url} --source-kind fanotify --delay 50 --state-dir {state}\n",
-        log = log.display(),
-        bin = bin.display(),
-        src = src.display(),
-        url = rig.daemon.url(),
-        state = rig.state_dir().display(),
-    );
+    let unit = unit(&log, 2, &run_args(&bin, &rig));
     container.start_unit("syncer-e2e.service", &unit, rig.scratch());
     wait_log(&log, INITIAL_SYNC_FINISHED, 0, MARKER_TIMEOUT);
     let first = wait_log(&log, "fd store", 0, MARKER_TIMEOUT);
@@ -369,22 +391,11 @@ fn a_crash_under_systemd_reads_the_kept_queue_and_walks_nothing() {
 
 #[test]
 fn a_read_kept_and_not_journaled_is_replayed_after_a_crash() {
-    if !cfg!(feature = "failpoints") {
-        let msg =
-            "the syncer binary was built without the `failpoints` feature (use cargo xtask test)";
-        assert!(
-            std::env::var_os("SYNCER_E2E_REQUIRE").is_none_or(|v| v != "1"),
-            "{msg}"
-        );
-        eprintln!("SKIP: {msg}");
+    if !failpoints() {
         return;
     }
     let Some(rig) = Rig::new() else { return };
-    if let Some(why) = container_unavailable() {
-        let required =
-            std::env::var_os("SYNCER_E2E_REQUIRE").is_some_and(|v| !v.is_empty() && v != "0");
-        assert!(!required, "cannot boot a systemd container: {why}");
-        eprintln!("SKIP: {why}");
+    if !containers() {
         return;
     }
     let src = &rig.src;
@@ -397,24 +408,14 @@ fn a_read_kept_and_not_journaled_is_replayed_after_a_crash() {
     let flag = rig.scratch().join("pause-once");
     write_file(&flag, b"");
     let container = Container::boot(&[rig.fs.path(), rig.scratch(), &bin_dir]);
-    let unit = format!(
-        "[Service]\n\
-         Type=simple\n\
-         NotifyAccess=main\n\
-         FileDescriptorStoreMax=4\n\
-         Restart=always\n\
-         RestartSec=1\n\
-         Environment=RUST_LOG=info NO_COLOR=1\n\
-         StandardOutput=append:{log}\n\
-         StandardError=append:{log}\n\
-         ExecStart=/bin/sh -c 'if [ -e {flag} ]; then rm {flag}; export FAILPOINTS=source-handing=pause; fi; \
-         exec {bin} run --source {src} --target {url} --source-kind fanotify --delay 50 --state-dir {state}'\n",
-        log = log.display(),
-        flag = flag.display(),
-        bin = bin.display(),
-        src = src.display(),
-        url = rig.daemon.url(),
-        state = rig.state_dir().display(),
+    let unit = unit(
+        &log,
+        1,
+        &format!(
+            "/bin/sh -c 'if [ -e {flag} ]; then rm {flag}; export FAILPOINTS=source-handing=pause; fi; exec {run}'",
+            flag = flag.display(),
+            run = run_args(&bin, &rig),
+        ),
     );
     container.start_unit("syncer-spool.service", &unit, rig.scratch());
     wait_log(&log, INITIAL_SYNC_FINISHED, 0, MARKER_TIMEOUT);

@@ -112,6 +112,22 @@ fn probe_environment() -> Option<String> {
     }
 }
 
+/// Whether this build of syncer can inject faults (`--features failpoints`, as `cargo xtask
+/// test` builds it); else prints `SKIP:` and returns false, or fails under
+/// `SYNCER_E2E_REQUIRE=1`.
+pub fn failpoints() -> bool {
+    if cfg!(feature = "failpoints") {
+        return true;
+    }
+    let msg = "the syncer binary was built without the `failpoints` feature (use cargo xtask test)";
+    assert!(
+        std::env::var_os("SYNCER_E2E_REQUIRE").is_none_or(|v| v != "1"),
+        "{msg}"
+    );
+    eprintln!("SKIP: {msg}");
+    false
+}
+
 /// Resolves an external tool through PATH, then the sbin directories (mkfs.ext4 lives there and
 /// PATH does not always include them). Returns the bare name if nothing is found.
 pub fn tool(name: &str) -> PathBuf {
