@@ -211,6 +211,8 @@ pub(super) fn write_loop(
     let mut last_sync = std::time::Instant::now();
     let mut last_beat: Option<std::time::Instant> = None;
     let mut unsynced = false;
+    // Writes and commits since the last sync (for the debug log).
+    let (mut written, mut commits) = (0usize, 0usize);
     loop {
         // Wait for work, but wake to sync what is written and not yet durable, and to beat.
         let beat_in = last_beat.map_or(Duration::ZERO, |t| ALIVE_IDLE.saturating_sub(t.elapsed()));
@@ -254,6 +256,8 @@ pub(super) fn write_loop(
                 n += 1;
             }
         }
+        written += n;
+        commits += usize::from(n > 0);
         if n > 0 {
             if let Err(e) = batch.commit() {
                 if !failed.swap(true, Ordering::Relaxed) {
@@ -270,7 +274,8 @@ pub(super) fn write_loop(
             if let Err(e) = db.persist(PersistMode::SyncData) {
                 warn!("syncing the state failed: {e}");
             } else {
-                debug!("state synced");
+                debug!(written, commits, "state synced");
+                (written, commits) = (0, 0);
             }
             last_sync = std::time::Instant::now();
             unsynced = false;
