@@ -195,8 +195,10 @@ fn resume_point(
 }
 
 /// Runs a catch-up walk for `targets` (on this thread); what differs is queued in their maps.
-/// A damaged index is cleared and its target asked for a full rescan.
-pub fn walk(source: &Path, targets: &[Compared]) {
+/// A damaged index is cleared and its target asked for a full rescan. `owed`: the walk was
+/// noted as owed ([`TargetState::set_walk_owed`]) and ends that note (the start's and a
+/// rescan's walks; not a periodic verify, which must not end another walk's note).
+pub fn walk(source: &Path, targets: &[Compared], owed: bool) {
     if targets.is_empty() {
         return;
     }
@@ -234,7 +236,7 @@ pub fn walk(source: &Path, targets: &[Compared]) {
         }
     }
     // After what the walk queued (the same writer): nothing is owed any more.
-    for t in targets {
+    for t in targets.iter().filter(|_| owed) {
         t.state.set_walk_owed(None);
     }
 }
@@ -287,7 +289,7 @@ pub fn catch_up_for(source: PathBuf, state: Arc<TargetState>, map: Arc<DedupMap>
         let source = source.clone();
         let spawned = std::thread::Builder::new()
             .name("catch-up".into())
-            .spawn(move || walk(&source, &[t]));
+            .spawn(move || walk(&source, &[t], true));
         if let Err(e) = spawned {
             warn!("cannot start the catch-up walk ({e}): full pass instead");
             return false;

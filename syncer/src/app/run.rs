@@ -219,7 +219,7 @@ fn initial_sync(
         }
     });
     let source = cfg.source.clone();
-    let walk = tokio::task::spawn_blocking(move || restore::walk(&source, &walked));
+    let walk = tokio::task::spawn_blocking(move || restore::walk(&source, &walked, true));
     let passes = pools.initial_done();
     Box::pin(async move {
         let _ = walk.await;
@@ -280,7 +280,7 @@ fn spawn_verify(cfg: &Config, planned: &[restore::Planned]) -> tokio::task::Join
         .collect();
     let source = cfg.source.clone();
     tokio::spawn(async move {
-        let _ = tokio::task::spawn_blocking(move || restore::walk(&source, &targets)).await;
+        let _ = tokio::task::spawn_blocking(move || restore::walk(&source, &targets, false)).await;
         for (name, transport, map, tag) in checks {
             let t0 = Instant::now();
             let done = check_contents(&*transport, &map, Some(tag)).await;
