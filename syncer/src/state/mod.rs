@@ -11,7 +11,7 @@
 //!   started), and failures.
 //!
 //! Writes go to one writer thread (sending never blocks: the source's reader thread must not
-//! wait on the disk), which writes them to the store in batches gathered over 10 ms, and makes
+//! wait on the store; it writes only the spool of [`cursor`]), which writes them to the store in batches gathered over 10 ms, and makes
 //! them durable (fdatasync) every [`writer::SYNC_EVERY`] while there are writes: a kill -9 loses what
 //! the writer had not yet written (milliseconds of changes), a power loss what was not yet
 //! synced; both are found again by the next start's walk against the index (see
