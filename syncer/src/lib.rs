@@ -3,12 +3,15 @@
 //! The folders follow the pipeline, and dependencies point down it only:
 //! `app` (commands, supervisor) → `config` → `transfer` (dispatcher, guard, shards) →
 //! `queue` (dedup map, coalescing rules, the pass) and `target` (forms, transports) →
-//! `change`; `source` (kernel → changes) → `change`. `shutdown` and `change` are leaves.
+//! `change`; `source` (kernel → changes) → `change`. `ops` (what operators are told) is fed
+//! snapshots by `app` and depends on nothing. `shutdown`, `alive` and `change` are leaves.
 //! `main.rs` only parses the command line and calls [`app`]. See ARCHITECTURE.md.
 
+pub mod alive;
 pub mod app;
 pub mod change;
 pub mod config;
+pub mod ops;
 pub mod queue;
 pub mod shutdown;
 pub mod source;

@@ -9,6 +9,12 @@
 //!   identical. Then a crash under load (a writer creating a file every millisecond across the
 //!   kill): what the dying process had read and not journaled comes back from its spool, the
 //!   rest from the queue, and again nothing is walked.
+//! - `the_shipped_unit_is_ready_once_live_reports_status_and_drains_on_stop`: `dist/`'s
+//!   hardened `syncer.service` (verified by `systemd-analyze`, its exposure scored), with the
+//!   binary and a config installed where it expects them: active only after READY, STATUS
+//!   says the phase, `systemctl stop` returns after the drain with the trees identical.
+//! - `a_stuck_reader_stops_the_watchdog_pings_and_systemd_restarts_syncer`: the reader paused
+//!   by a failpoint, pings stop, systemd kills the process and the restart replicates.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -170,6 +176,44 @@ impl Container {
         self.exec(&["cp", file.to_str().unwrap(), &dest]);
         self.exec(&["systemctl", "daemon-reload"]);
         self.exec(&["systemctl", "start", name]);
+    }
+
+    /// Runs `argv` inside the container: whether it succeeded, its stdout and stderr.
+    fn exec_status(&self, argv: &[&str]) -> (bool, String, String) {
+        let out = Command::new("/usr/bin/nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-m", "-u", "-i", "-p", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Puts `text` at `dest` inside the container, through `via` (a directory bound in).
+    fn put(&self, dest: &str, text: &str, via: &Path) {
+        let file = via.join(dest.trim_start_matches('/').replace('/', "_"));
+        write_file(&file, text.as_bytes());
+        let dir = Path::new(dest)
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        self.exec(&["mkdir", "-p", &dir]);
+        self.exec(&["cp", file.to_str().unwrap(), dest]);
+    }
+
+    /// A unit's property (`systemctl show -P`).
+    fn property(&self, unit: &str, name: &str) -> String {
+        self.exec(&["systemctl", "show", "-P", name, unit])
+            .trim()
+            .to_string()
     }
 
     fn main_pid(&self, unit: &str) -> u32 {
@@ -455,6 +499,211 @@ fn a_read_kept_and_not_journaled_is_replayed_after_a_crash() {
             && !next.contains("catch-up walk done"),
         "the restart replays the kept read and walks nothing:\n{next}"
     );
+    drop(container);
+}
+
+/// The shipped unit, the binary at the path it runs (`/usr/local/bin/syncer`) and a config at
+/// `/etc/syncer/syncer.toml` for the rig (fanotify, its daemon target), in `container`; a
+/// drop-in adds `drop_in` and appends the output to `log`. The source lives under /tmp,
+/// which the unit's PrivateTmp= would hide: the drop-in turns that off.
+fn install_shipped_unit(container: &Container, rig: &Rig, bin: &Path, log: &Path, drop_in: &str) {
+    let unit = std::fs::read_to_string(workspace_root().join("dist/syncer.service")).unwrap();
+    container.exec(&[
+        "install",
+        "-m",
+        "755",
+        bin.to_str().unwrap(),
+        "/usr/local/bin/syncer",
+    ]);
+    container.put(
+        "/etc/syncer/syncer.toml",
+        &format!(
+            "source = \"{}\"\ntargets = [\"{}\"]\nsource_kind = \"fanotify\"\ndelay_ms = 50\n",
+            rig.src.display(),
+            rig.daemon.url()
+        ),
+        rig.scratch(),
+    );
+    container.put("/etc/systemd/system/syncer.service", &unit, rig.scratch());
+    container.put(
+        "/etc/systemd/system/syncer.service.d/e2e.conf",
+        &format!(
+            "[Service]\nPrivateTmp=no\nEnvironment=NO_COLOR=1\nStandardOutput=append:{log}\nStandardError=append:{log}\n{drop_in}",
+            log = log.display()
+        ),
+        rig.scratch(),
+    );
+    container.exec(&["systemctl", "daemon-reload"]);
+}
+
+/// The workspace's root (the e2e tests run from `syncer/`).
+fn workspace_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn the_shipped_unit_is_ready_once_live_reports_status_and_drains_on_stop() {
+    if !failpoints() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    if !containers() {
+        return;
+    }
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(200));
+    let bin = std::fs::canonicalize(syncer_bin()).unwrap();
+    let bin_dir = bin.parent().unwrap().to_path_buf();
+    let log = rig.scratch().join("unit.log");
+    let container = Container::boot(&[rig.fs.path(), rig.scratch(), &bin_dir]);
+    // READY is held back 3 s after the source is live: meanwhile the unit is activating.
+    install_shipped_unit(
+        &container,
+        &rig,
+        &bin,
+        &log,
+        "Environment=FAILPOINTS=service-ready=sleep(3000)\n",
+    );
+
+    // The unit as shipped: systemd accepts it, and its exposure is what ARCHITECTURE.md says.
+    let (ok, out, err) = container.exec_status(&[
+        "systemd-analyze",
+        "verify",
+        "/etc/systemd/system/syncer.service",
+    ]);
+    assert!(
+        ok && err.trim().is_empty(),
+        "systemd-analyze verify: {out}{err}"
+    );
+    for unit in ["syncer.service", "syncer@.service"] {
+        let path = workspace_root().join("dist").join(unit);
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&path)
+            .output()
+            .expect("run systemd-analyze security");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let level: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|l| l.split(": ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level for {unit}:\n{text}"));
+        assert!(
+            level <= 3.0,
+            "{unit}'s exposure is {level}, above 3.0:\n{text}"
+        );
+    }
+
+    container.exec(&["systemctl", "start", "--no-block", "syncer.service"]);
+    wait_log(&log, "event source live", 0, MARKER_TIMEOUT);
+    let state = container.property("syncer.service", "ActiveState");
+    assert_eq!(
+        state, "activating",
+        "live but not READY yet: the unit is not active"
+    );
+    let t0 = Instant::now();
+    while container.property("syncer.service", "ActiveState") != "active" {
+        assert!(
+            t0.elapsed() < MARKER_TIMEOUT,
+            "the unit never became active"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let target = rig.daemon.path();
+    converge_to(src, target);
+    wait_log(&log, INITIAL_SYNC_FINISHED, 0, MARKER_TIMEOUT);
+    let t0 = Instant::now();
+    loop {
+        let status = container.property("syncer.service", "StatusText");
+        if status.starts_with("live: ") && status.contains("1/1 targets up") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < MARKER_TIMEOUT,
+            "STATUS never said live: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A stop under a burst: `systemctl stop` returns once the drain is done, and nothing is
+    // left behind.
+    let burst = src.join("t/burst");
+    mkdirs(&burst);
+    for i in 0..300 {
+        write_file(
+            &burst.join(format!("f{i}")),
+            format!("burst {i}").as_bytes(),
+        );
+    }
+    let (ok, _, err) = container.exec_status(&["systemctl", "stop", "syncer.service"]);
+    assert!(ok, "systemctl stop: {err}");
+    let diffs = compare_trees(src, target);
+    assert!(diffs.is_empty(), "the stop drained everything: {diffs:?}");
+    let text = read_log(&log);
+    assert!(text.contains("SIGTERM: draining"), "{text}");
+    assert_eq!(container.property("syncer.service", "Result"), "success");
+    assert_eq!(container.property("syncer.service", "ExecMainStatus"), "0");
+    drop(container);
+}
+
+#[test]
+fn a_stuck_reader_stops_the_watchdog_pings_and_systemd_restarts_syncer() {
+    if !failpoints() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    if !containers() {
+        return;
+    }
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(50));
+    let bin = std::fs::canonicalize(syncer_bin()).unwrap();
+    let bin_dir = bin.parent().unwrap().to_path_buf();
+    let log = rig.scratch().join("unit.log");
+    let container = Container::boot(&[rig.fs.path(), rig.scratch(), &bin_dir]);
+    // The first process's reader stops at its first turn; the restarted one runs free.
+    let flag = rig.scratch().join("stick-once");
+    write_file(&flag, b"");
+    install_shipped_unit(
+        &container,
+        &rig,
+        &bin,
+        &log,
+        &format!(
+            "WatchdogSec=4s\nRestart=always\nRestartSec=1\nReadWritePaths={scratch}\nExecStart=\nExecStart=/bin/sh -c 'if [ -e {flag} ]; then rm {flag}; export FAILPOINTS=source-read=pause; fi; exec /usr/local/bin/syncer run --config /etc/syncer/syncer.toml'\n",
+            scratch = rig.scratch().display(),
+            flag = flag.display(),
+        ),
+    );
+    container.exec(&["systemctl", "start", "syncer.service"]);
+    let stuck = wait_log(&log, "no longer pinging the watchdog", 0, MARKER_TIMEOUT);
+    assert!(
+        stuck.contains("reader"),
+        "the stuck loop is named:\n{stuck}"
+    );
+    // systemd gives up on the silent process and starts another.
+    let at = read_log(&log).len();
+    wait_log(&log, "event source live", at, MARKER_TIMEOUT);
+    let t0 = Instant::now();
+    while container.property("syncer.service", "NRestarts") == "0" {
+        assert!(
+            t0.elapsed() < MARKER_TIMEOUT,
+            "systemd never restarted the stuck syncer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let journal = container.exec(&["journalctl", "--no-pager", "-u", "syncer.service"]);
+    assert!(
+        journal.contains("Watchdog timeout"),
+        "systemd's watchdog ended it:\n{journal}"
+    );
+    write_file(&src.join("t/after-the-restart"), b"replicated");
+    converge_to(src, rig.daemon.path());
     drop(container);
 }
 

@@ -100,6 +100,15 @@ impl Pools {
         }
     }
 
+    /// Each target's name and counters (for the service manager's status and watchdog).
+    pub fn seen(&self) -> Vec<(String, Arc<PoolStats>)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.stats.iter().cloned())
+            .collect()
+    }
+
     pub fn name(&self, i: usize) -> &str {
         self.names.get(i).map_or("?", String::as_str)
     }

@@ -23,11 +23,13 @@ use super::restore;
 use super::RunError;
 use crate::change::{Change, ChangeSink};
 use crate::config::Config;
+use crate::ops::notify::{self as service, Service};
 use crate::queue::Fanout;
 use crate::shutdown::Shutdown;
 use crate::source::{self, SourceConfig, SourceExit, SourceHandle};
 use crate::state::catchup::Compared;
 use crate::transfer::check::check_contents;
+use crate::transfer::PoolStats;
 
 /// Restarts of a dying source allowed within [`RESTART_WINDOW`].
 pub const RESTARTS: usize = 3;
@@ -93,6 +95,21 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     if !cfg.initial_sync {
         info!("initial sync finished (skipped: --no-initial-sync)");
     }
+    // Ready once the source is live: changes are seen from here on.
+    // Tests hold the start here (`FAILPOINTS=service-ready=sleep(3000)`): the unit must not
+    // be active before READY.
+    fail::fail_point!("service-ready");
+    let mut service = Service::new();
+    let seen = pools.seen();
+    service.ready(&pipeline_now(
+        src.as_ref().map(|s| &*s.stats),
+        &seen,
+        &planned,
+        !initial_reported,
+        false,
+    ));
+    let mut service_tick = tokio::time::interval(service.interval());
+    service_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut budget = RestartBudget::default();
     let mut fatal = None;
     let mut verify = verify_timer(&cfg);
@@ -103,6 +120,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 if verifying.as_ref().is_none_or(|v| v.is_finished()) {
                     verifying = Some(spawn_verify(&cfg, &planned));
                 }
+            }
+            _ = service_tick.tick() => {
+                service.tick(&pipeline_now(src.as_ref().map(|s| &*s.stats), &seen, &planned, !initial_reported, false));
             }
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
@@ -132,16 +152,91 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         }
     }
+    service.stopping(&pipeline_now(
+        src.as_ref().map(|s| &*s.stats),
+        &seen,
+        &planned,
+        !initial_reported,
+        true,
+    ));
     if let Some(src) = src {
         stop_source(src);
     }
     shutdown.trigger();
-    let drained = pools.finish().await;
+    let drained = drain(pools, &planned, &mut service, cfg.drain_timeout).await;
     drop(planned);
     drop(state);
     match fatal {
         Some(e) => Err(e),
         None => drained,
+    }
+}
+
+/// The pipeline as the service manager is told of it: `reader`, the source's counters (none
+/// while it is being restarted); `pools`, each target's name and counters.
+fn pipeline_now(
+    reader: Option<&crate::source::SourceStats>,
+    pools: &[(String, Arc<PoolStats>)],
+    planned: &[restore::Planned],
+    initial: bool,
+    draining: bool,
+) -> service::Now {
+    let now = Instant::now();
+    service::Now {
+        initial,
+        draining,
+        reader_idle_for: reader.map(|s| s.alive.age(now)),
+        targets: pools
+            .iter()
+            .zip(planned)
+            .map(|((name, s), p)| service::TargetNow {
+                name: name.clone(),
+                pending: p.map.len(),
+                down: s.down.load(Ordering::Relaxed),
+                idle_for: s.alive.age(now),
+            })
+            .collect(),
+    }
+}
+
+/// Waits for the pools' drain; meanwhile the service manager is kept told (STATUS, watchdog),
+/// and asked for more time while the drain makes progress (each extension outlasts the
+/// drain's own give-up time, `drain_timeout` without progress).
+async fn drain(
+    pools: Pools,
+    planned: &[restore::Planned],
+    service: &mut Service,
+    drain_timeout: Duration,
+) -> Result<(), RunError> {
+    let seen = pools.seen();
+    let done = || -> u64 {
+        seen.iter()
+            .map(|(_, s)| s.paths_done.load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut last = done();
+    let mut last_extend = Instant::now();
+    let finish = pools.finish();
+    tokio::pin!(finish);
+    let mut tick = tokio::time::interval(service.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = &mut finish => return r,
+            _ = tick.tick() => {
+                service.tick(&pipeline_now(None, &seen, planned, false, true));
+                if last_extend.elapsed() >= service::EXTEND_EVERY {
+                    last_extend = Instant::now();
+                    let now = done();
+                    if now != last {
+                        last = now;
+                        service.extend(drain_timeout + Duration::from_secs(30));
+                    }
+                    let left: usize = planned.iter().map(|p| p.map.len()).sum();
+                    info!(left, "draining");
+                }
+            }
+        }
     }
 }
 

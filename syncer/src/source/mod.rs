@@ -120,6 +120,8 @@ pub struct SourceStats {
     /// Records the kernel could not deliver (eBPF ring buffer full, unreadable names); each
     /// batch of losses caused a rescan.
     pub lost: AtomicU64,
+    /// The reader loop's turns (at least one per poll timeout while it runs).
+    pub alive: crate::alive::Ticker,
 }
 
 /// What a started source needs.

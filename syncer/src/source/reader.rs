@@ -46,6 +46,7 @@ pub(super) fn run(
             }
         }
         while !shutdown.is_triggered() {
+            stats.alive.tick();
             if let Err(e) = crate::source::fanotify::sys::poll_in(source.fd(), POLL_MS) {
                 warn!("poll of the event source failed: {e}; rescanning the whole tree");
                 rescan(&mut out, stats);

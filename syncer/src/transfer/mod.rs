@@ -50,7 +50,14 @@ pub struct PoolStats {
     /// Paths that have failed alone three times or more (recorded in the state with rsync's
     /// reason, and still retried).
     pub failed_paths: AtomicU64,
+    /// The dispatcher loop's turns (at least one a [`TICK`] while it runs).
+    pub alive: crate::alive::Ticker,
+    /// The target is down (its batches cannot reach it; paused, probed).
+    pub down: std::sync::atomic::AtomicBool,
 }
+
+/// The longest the dispatcher loop sleeps without a turn (its liveness tick).
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// How the pool runs.
 #[derive(Debug, Clone)]
@@ -177,6 +184,7 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
     let mut probe: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> = None;
     loop {
         let now = Instant::now();
+        d.turn(now);
         if draining && drain_started.is_none() {
             drain_started = Some(now);
             if !cfg.finish_pass_on_drain {
@@ -201,7 +209,7 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
                 probe = Some(Box::pin(tcp_probe(host, port)));
             }
         }
-        let wake = d.next_wake(now, draining, deadline);
+        let wake = d.next_wake(now, draining, deadline).min(now + TICK);
         let wants_piece = d.wants_piece();
         let event = tokio::select! {
             Some(res) = result_rx.recv() => Event::Result(res),

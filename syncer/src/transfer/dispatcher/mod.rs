@@ -306,6 +306,16 @@ impl Dispatcher {
         }
     }
 
+    /// One turn of the pool's loop: its liveness tick, and whether the target is down, for
+    /// the supervisor to read.
+    pub fn turn(&self, now: Instant) {
+        self.stats.alive.tick();
+        self.stats.down.store(
+            self.health.outage(now).is_some(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// When the loop must look again, at the latest.
     pub fn next_wake(&self, now: Instant, draining: bool, deadline: Option<Instant>) -> Instant {
         let idle = Duration::from_secs(3600);
