@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use syncer::config::{Config, ConfigError, Settings};
+use syncer::app::client::Client;
+use syncer::config::{Config, ConfigError, Settings, DEFAULT_CONTROL_SOCKET};
 use syncer::source::{EbpfHooks, SourceKind};
 
 /// What to do, with its settings validated.
@@ -12,6 +13,8 @@ pub enum Command {
     Run(Config),
     Sync(Config),
     Check(PathBuf),
+    /// A client command, with the daemon's control socket.
+    Client(PathBuf, Client),
 }
 
 /// Parses the command line (exiting with clap's message and code 2 on bad usage) and builds the
@@ -25,12 +28,66 @@ pub fn parse() -> Result<Command, ConfigError> {
                 ebpf_hooks: a.ebpf_hooks,
                 initial_sync: a.no_initial_sync.then_some(false),
                 delay_ms: a.delay,
+                control_socket: a.control_socket,
                 ..Settings::default()
             };
             settings(a.common, extra).map(Command::Run)
         }
         Cmd::Sync(c) => settings(c, Settings::default()).map(Command::Sync),
+        Cmd::Status {
+            json,
+            watch,
+            check,
+            max_lag,
+            socket,
+        } => {
+            if max_lag.is_some() && !check {
+                return Err(ConfigError::Invalid {
+                    flag: "--max-lag",
+                    msg: "goes with --check".into(),
+                });
+            }
+            let check = check.then(|| std::time::Duration::from_secs(max_lag.unwrap_or(60)));
+            Ok(Command::Client(
+                socket.control_socket,
+                Client::Status { json, watch, check },
+            ))
+        }
+        Cmd::Failures { json, socket } => Ok(Command::Client(
+            socket.control_socket,
+            Client::Failures { json },
+        )),
+        Cmd::Pause { target, socket } => Ok(Command::Client(
+            socket.control_socket,
+            Client::Pause(target),
+        )),
+        Cmd::Resume { target, socket } => Ok(Command::Client(
+            socket.control_socket,
+            Client::Resume(target),
+        )),
+        Cmd::Rescan { path, socket } => {
+            Ok(Command::Client(socket.control_socket, Client::Rescan(path)))
+        }
+        Cmd::Checkpoint {
+            wait,
+            timeout,
+            socket,
+        } => Ok(Command::Client(
+            socket.control_socket,
+            Client::Checkpoint {
+                wait,
+                timeout: timeout.map(std::time::Duration::from_secs),
+            },
+        )),
     }
+}
+
+/// The running daemon's control socket, for the client commands.
+#[derive(Args)]
+struct SocketArg {
+    /// The control socket of the `syncer run` to ask.
+    #[arg(long = "control-socket", env = "SYNCER_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    control_socket: PathBuf,
 }
 
 #[derive(Parser)]
@@ -55,6 +112,60 @@ enum Cmd {
         /// A directory on the filesystem to probe (default: /).
         #[arg(long, default_value = "/")]
         path: PathBuf,
+    },
+    /// How far behind each target of a running syncer is, and why.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Again every second.
+        #[arg(long)]
+        watch: bool,
+        /// For monitoring: exit 1 unless every target is up and no change waits longer than
+        /// --max-lag.
+        #[arg(long)]
+        check: bool,
+        /// Seconds a change may wait, with --check (default 60).
+        #[arg(long)]
+        max_lag: Option<u64>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The paths that keep failing, per target, with rsync's reasons.
+    Failures {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop sending to TARGET (its name or number from 1); its changes stay queued.
+    Pause {
+        target: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Send to a paused TARGET again.
+    Resume {
+        target: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Compare PATH (inside the source) with every target and send what differs.
+    Rescan {
+        path: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// A mark now: done when every target holds everything seen before it.
+    Checkpoint {
+        /// Wait until it is reached (exit 1 if --timeout runs out first).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait at most, with --wait.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        socket: SocketArg,
     },
 }
 
@@ -102,6 +213,10 @@ struct RunArgs {
     /// Coalescing delay in milliseconds.
     #[arg(long)]
     delay: Option<u64>,
+    /// Where `syncer status` and the other client commands reach this syncer (default
+    /// /run/syncer/control.sock).
+    #[arg(long, env = "SYNCER_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
 }
 
 fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> {
@@ -119,4 +234,15 @@ fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> 
         ..extra
     };
     cli.over(file).into_config()
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the command line (unique names, valid defaults), for every
+    /// subcommand.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -39,6 +39,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Client(socket, client) = &cmd {
+        return match syncer::app::client::run(socket, client) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("syncer: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             match cmd {
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
                 }
                 Command::Run(cfg) => syncer::app::run::run(cfg).await,
                 Command::Sync(cfg) => syncer::app::sync::sync(cfg).await,
+                Command::Client(..) => unreachable!("answered above"),
             }
         })
         .map_err(anyhow::Error::from)

@@ -19,6 +19,7 @@ mod util;
 
 mod bigtree;
 mod bulk;
+mod control;
 mod delete;
 mod durable;
 mod ebpf;

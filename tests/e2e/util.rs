@@ -503,6 +503,8 @@ pub struct Syncer {
     paused: bool,
     /// The state directory made for this process when the test gave none.
     _state: Option<TempDir>,
+    /// The directory of its own control socket, when the test gave none.
+    _control: Option<TempDir>,
 }
 
 /// How a one-shot command ended.
@@ -535,7 +537,8 @@ impl Syncer {
     /// `SYNCER_E2E_RUST_LOG`, default `info`), stdout and stderr captured and echoed to the test's
     /// stderr prefixed with `[syncer#N]`.
     /// Without `--state-dir` (or `SYNCER_STATE_DIR`) given, the process gets a fresh state
-    /// directory of its own, removed with it: tests never share `/var/lib/syncer`.
+    /// directory of its own, removed with it: tests never share `/var/lib/syncer`; the same
+    /// for the control socket (`--control-socket`, `SYNCER_CONTROL_SOCKET`).
     pub fn spawn_command(mut cmd: Command) -> Syncer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let tag = format!("syncer#{}", NEXT.fetch_add(1, Ordering::Relaxed));
@@ -544,6 +547,14 @@ impl Syncer {
         let state = (!given).then(|| {
             let d = temp_dir("state");
             cmd.env("SYNCER_STATE_DIR", d.path());
+            d
+        });
+        // Nor /run/syncer/control.sock: a socket of its own unless the test names one.
+        let given = cmd.get_args().any(|a| a == "--control-socket")
+            || cmd.get_envs().any(|(k, _)| k == "SYNCER_CONTROL_SOCKET");
+        let control = (!given).then(|| {
+            let d = temp_dir("ctl");
+            cmd.env("SYNCER_CONTROL_SOCKET", d.path().join("control.sock"));
             d
         });
         let level = std::env::var("SYNCER_E2E_RUST_LOG").unwrap_or_else(|_| "info".into());
@@ -580,6 +591,7 @@ impl Syncer {
             status: None,
             paused: false,
             _state: state,
+            _control: control,
         }
     }
 
@@ -1230,6 +1242,11 @@ impl Rig {
         ]
     }
 
+    /// The control socket of the rig's syncer (`syncer status --control-socket ...`).
+    pub fn control_socket(&self) -> PathBuf {
+        self.scratch.path().join("control.sock")
+    }
+
     /// The state directory every syncer of this rig uses (so a restart finds its state).
     pub fn state_dir(&self) -> PathBuf {
         self.scratch.path().join("state")
@@ -1241,6 +1258,10 @@ impl Rig {
         let mut args: Vec<OsString> =
             vec!["run".into(), "--source".into(), self.src.clone().into()];
         args.extend(["--state-dir".into(), self.state_dir().into_os_string()]);
+        args.extend([
+            "--control-socket".into(),
+            self.control_socket().into_os_string(),
+        ]);
         args.extend(self.target_args());
         args.extend(kind.args().into_iter().map(OsString::from));
         args.extend(["--delay", DELAY_MS].map(OsString::from));

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::fdstore;
+use super::live::{Live, LiveTarget};
 use super::pools::{Job, Pools};
 use super::restore;
 use super::RunError;
 use crate::change::{Change, ChangeSink};
 use crate::config::Config;
+use crate::ops::control;
 use crate::ops::notify::{self as service, Service};
 use crate::queue::Fanout;
 use crate::shutdown::Shutdown;
@@ -96,6 +98,29 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         info!("initial sync finished (skipped: --no-initial-sync)");
     }
     // Ready once the source is live: changes are seen from here on.
+    let live = Arc::new(Live::new(
+        cfg.source.clone(),
+        cfg.targets
+            .iter()
+            .zip(&planned)
+            .zip(&pools.stats)
+            .map(|((t, p), s)| LiveTarget {
+                name: t.display.clone(),
+                stats: s.clone(),
+                map: p.map.clone(),
+                state: p.state.clone(),
+            })
+            .collect(),
+        sink.clone(),
+        scfg.caught_up.clone(),
+    ));
+    live.set_source(
+        src.as_ref()
+            .map(|s| (s.picked.to_string(), s.stats.clone())),
+    );
+    // Its own stop: status answers through the drain too.
+    let control_stop = Shutdown::new();
+    let control = start_control(&cfg, &live, &control_stop);
     // Tests hold the start here (`FAILPOINTS=service-ready=sleep(3000)`): the unit must not
     // be active before READY.
     fail::fail_point!("service-ready");
@@ -132,8 +157,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
             _ = exited(&mut src) => {
                 let dead = src.take().expect("exited() only resolves with a source");
+                live.set_source(None);
                 match restart_source(dead, &mut budget, &cfg, &scfg, &sink, &shutdown, &state) {
-                    Ok(new) => src = Some(new),
+                    Ok(new) => {
+                        live.set_source(Some((new.picked.to_string(), new.stats.clone())));
+                        src = Some(new);
+                    }
                     Err(e) => {
                         fatal = Some(e);
                         break;
@@ -164,11 +193,40 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     shutdown.trigger();
     let drained = drain(pools, &planned, &mut service, cfg.drain_timeout).await;
+    control_stop.trigger();
+    if let Some(c) = control {
+        let _ = c.await;
+    }
     drop(planned);
     drop(state);
     match fatal {
         Some(e) => Err(e),
         None => drained,
+    }
+}
+
+/// The control socket's task (`None`: no socket, said why): it answers until `stop`.
+fn start_control(
+    cfg: &Config,
+    live: &Arc<Live>,
+    stop: &Shutdown,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match control::bind(&cfg.control_socket) {
+        Ok(listener) => {
+            info!(socket = %cfg.control_socket.display(), "control socket ready (syncer status)");
+            let pipeline: Arc<dyn control::Pipeline> = live.clone();
+            Some(tokio::spawn(control::serve(
+                listener,
+                pipeline,
+                stop.clone(),
+            )))
+        }
+        Err(e) => {
+            warn!(
+                "{e}: running without a control socket (`syncer status` cannot reach this syncer)"
+            );
+            None
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Config {
     /// With the periodic verify: also compare contents with the target (an rsync dry run with
     /// `--checksum` over the whole tree, which reads every file on both hosts).
     pub verify_checksum: bool,
+    /// Where `syncer status` and the other client commands reach the daemon.
+    pub control_socket: PathBuf,
 }
 
 /// Settings as read from the command line or the config file, before merging and validation.
@@ -83,6 +85,7 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     pub verify_interval_s: Option<u64>,
     pub verify_checksum: Option<bool>,
+    pub control_socket: Option<PathBuf>,
     /// Command line only.
     #[serde(skip)]
     pub full_resync: Option<bool>,
@@ -135,6 +138,7 @@ impl Settings {
             state_dir: self.state_dir.or(lower.state_dir),
             verify_interval_s: self.verify_interval_s.or(lower.verify_interval_s),
             verify_checksum: self.verify_checksum.or(lower.verify_checksum),
+            control_socket: self.control_socket.or(lower.control_socket),
             full_resync: self.full_resync.or(lower.full_resync),
         }
     }
@@ -207,9 +211,15 @@ impl Settings {
             full_resync: self.full_resync.unwrap_or(false),
             verify_interval,
             verify_checksum,
+            control_socket: self
+                .control_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
         })
     }
 }
+
+/// Where the control socket is by default (systemd's `RuntimeDirectory=syncer`).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/syncer/control.sock";
 
 /// Where state lives by default (systemd's `StateDirectory=syncer`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/syncer";

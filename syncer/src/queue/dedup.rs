@@ -35,6 +35,8 @@ struct Slot {
     /// When the in-flight transfer was taken, if it covers the subtree: it reads the source
     /// after that moment, so it also covers descendants' changes seen before it.
     covering_since: Option<Instant>,
+    /// The first event the in-flight transfer stands for (for [`DedupMap::oldest`]).
+    inflight_first: Option<Instant>,
 }
 
 impl Slot {
@@ -43,6 +45,16 @@ impl Slot {
             pending: None,
             inflight: false,
             covering_since: None,
+            inflight_first: None,
+        }
+    }
+
+    /// The oldest event this slot still owes a transfer for.
+    fn first(&self) -> Option<Instant> {
+        let pending = self.pending.as_ref().map(|p| p.first);
+        match (pending, self.inflight_first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -258,6 +270,7 @@ impl DedupMap {
                 continue; // gone, or in flight (complete() re-arms it)
             };
             let covered = self.covered_by_ancestor(&path, last);
+            let first = self.slots.get(&path).and_then(|s| s.first());
             let Some(mut slot) = self.slots.get_mut(&path) else {
                 continue;
             };
@@ -273,10 +286,16 @@ impl DedupMap {
             }
             let p = slot.pending.take().expect("checked above");
             self.uncount(&p);
-            if covered {
+            if let Some(ancestor) = covered {
                 // The ancestor's transfer (pending or in flight, and journaled until it
-                // succeeds) covers this path.
+                // succeeds) covers this path; it now also stands for this path's oldest event.
                 drop(slot);
+                if let (Some(first), Some(mut a)) = (first, self.slots.get_mut(&ancestor)) {
+                    match a.pending.as_mut().filter(|p| p.covers_subtree()) {
+                        Some(p) => p.first = p.first.min(first),
+                        None => a.inflight_first = a.inflight_first.map(|f| f.min(first)),
+                    }
+                }
                 self.slots
                     .remove_if(&path, |_, s| s.pending.is_none() && !s.inflight);
                 trace!(path = %path.display(), "covered by an ancestor's transfer");
@@ -284,6 +303,7 @@ impl DedupMap {
                 continue;
             }
             slot.inflight = true;
+            slot.inflight_first = Some(p.first);
             if p.covers_subtree() {
                 slot.covering_since = Some(now);
                 self.covering_inflight.fetch_add(1, Ordering::Relaxed);
@@ -303,20 +323,27 @@ impl DedupMap {
         out
     }
 
-    /// Whether a transfer of an ancestor will copy the state of `path` as of after `last`:
+    /// The ancestor whose transfer will copy the state of `path` as of after `last`, if any:
     /// a pending one that covers its subtree, or an in-flight one taken after `last`.
-    fn covered_by_ancestor(&self, path: &Path, last: Instant) -> bool {
+    fn covered_by_ancestor(&self, path: &Path, last: Instant) -> Option<Arc<Path>> {
         if self.covering.load(Ordering::Relaxed) == 0
             && self.covering_inflight.load(Ordering::Relaxed) == 0
         {
-            return false;
+            return None;
         }
-        path.ancestors().skip(1).any(|a| {
-            self.slots.get(a).is_some_and(|s| {
-                s.pending.as_ref().is_some_and(Pending::covers_subtree)
-                    || s.covering_since.is_some_and(|since| since >= last)
-            })
+        path.ancestors().skip(1).find_map(|a| {
+            let s = self.slots.get(a)?;
+            let covers = s.pending.as_ref().is_some_and(Pending::covers_subtree)
+                || s.covering_since.is_some_and(|since| since >= last);
+            covers.then(|| s.key().clone())
         })
+    }
+
+    /// When the oldest event still owed a transfer arrived (pending or in flight; an entry
+    /// dropped under an ancestor's covering transfer counts as that transfer's). A scan of
+    /// the map: for status and checkpoints, not the hot path.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.first()).min()
     }
 
     /// Ends the transfer of `path`. `retry`: the transfer failed; the entry comes back at
@@ -327,6 +354,7 @@ impl DedupMap {
             return;
         };
         slot.inflight = false;
+        slot.inflight_first = None;
         if slot.covering_since.take().is_some() {
             self.covering_inflight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -397,6 +425,33 @@ mod tests {
 
     fn ch(path: &str, kind: ChangeKind, is_dir: bool) -> Change {
         Change::new(path, kind, is_dir)
+    }
+
+    #[test]
+    fn the_oldest_event_owed_a_transfer() {
+        let (m, t0) = map();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(m.oldest(), None);
+        m.insert_all(&[ch("a/f", Created, false)], ms(0));
+        m.insert_all(&[ch("b", Created, false)], ms(10));
+        assert_eq!(m.oldest(), Some(ms(0)));
+        // In flight, it is still owed; a newer event behind it does not make it younger.
+        let taken = m.take_due(ms(100), 1, false);
+        assert_eq!(paths(&taken), ["a/f"]);
+        m.insert_all(&[ch("a/f", Modified, false)], ms(120));
+        assert_eq!(m.oldest(), Some(ms(0)));
+        m.complete(Path::new("a/f"), None);
+        assert_eq!(m.oldest(), Some(ms(10)));
+        // A path dropped under its directory's subtree transfer: that transfer owes its event.
+        let (m, t0) = map();
+        let ms = |n| t0 + Duration::from_millis(n);
+        m.insert_all(&[ch("d/x", Created, false)], ms(0));
+        m.insert_all(&[ch("d", MovedIn, true)], ms(30));
+        let taken = m.take_due(ms(200), 10, false);
+        assert_eq!(paths(&taken), ["d"]);
+        assert_eq!(m.oldest(), Some(ms(0)));
+        m.complete(Path::new("d"), None);
+        assert_eq!(m.oldest(), None);
     }
 
     fn paths(taken: &[Taken]) -> Vec<String> {

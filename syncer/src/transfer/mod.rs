@@ -54,6 +54,13 @@ pub struct PoolStats {
     pub alive: crate::alive::Ticker,
     /// The target is down (its batches cannot reach it; paused, probed).
     pub down: std::sync::atomic::AtomicBool,
+    /// Paused by the operator (`syncer pause`): nothing is sent, everything stays queued (and
+    /// journaled); a drain does not wait for it.
+    pub paused: std::sync::atomic::AtomicBool,
+    /// The start-up pass (or a rescan's pass) is running.
+    pub passing: std::sync::atomic::AtomicBool,
+    /// When a batch last succeeded (ms since the epoch; 0: never).
+    pub last_synced_ms: AtomicU64,
 }
 
 /// The longest the dispatcher loop sleeps without a turn (its liveness tick).
@@ -200,7 +207,8 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         }
         let busy = cfg.shards - d.idle.len();
         let work_left = !map.is_empty() || d.pass.is_some();
-        if draining && (!work_left || past_deadline) && busy == 0 {
+        let paused = d.paused();
+        if draining && (!work_left || past_deadline || paused) && busy == 0 {
             break;
         }
         if probe.is_none() && d.health.probe_due(now) {
@@ -238,17 +246,30 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         }
     }
     drop(shard_txs);
-    Ok(wind_down(&target, shards, &map).await)
+    // A paused target's queue stays in its journal for the next start.
+    let kept = d.state.is_some() && d.paused();
+    Ok(wind_down(&target, shards, &map, kept).await)
 }
 
 /// After the drain: waits for the shards (their channels are closed) and says what is left.
-async fn wind_down(target: &Target, mut shards: JoinSet<usize>, map: &DedupMap) -> PoolReport {
+async fn wind_down(
+    target: &Target,
+    mut shards: JoinSet<usize>,
+    map: &DedupMap,
+    kept: bool,
+) -> PoolReport {
     while let Some(ended) = shards.join_next().await {
         if let Err(e) = ended {
             error!(target = %target, "a shard failed while stopping: {e}");
         }
     }
     let undrained = map.len();
+    if kept {
+        if undrained > 0 {
+            tracing::warn!(target = %target, kept = undrained, "shutdown: the target is paused; its changes stay in the journal for the next start");
+        }
+        return PoolReport { undrained: 0 };
+    }
     if undrained > 0 {
         error!(target = %target, undrained, "shutdown: changes not replicated to this target (the next start's initial sync will pick them up)");
     }

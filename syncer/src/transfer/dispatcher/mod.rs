@@ -119,7 +119,7 @@ impl Dispatcher {
         draining: bool,
         shards: &[mpsc::Sender<Batch>],
     ) -> Result<(), PoolError> {
-        if self.health.is_down(now) {
+        if self.health.is_down(now) || self.stats.paused.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.held_until = None;
@@ -306,14 +306,21 @@ impl Dispatcher {
         }
     }
 
+    /// The operator paused this target.
+    pub fn paused(&self) -> bool {
+        self.stats.paused.load(Ordering::Relaxed)
+    }
+
     /// One turn of the pool's loop: its liveness tick, and whether the target is down, for
     /// the supervisor to read.
     pub fn turn(&self, now: Instant) {
         self.stats.alive.tick();
-        self.stats.down.store(
-            self.health.outage(now).is_some(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.stats
+            .down
+            .store(self.health.outage(now).is_some(), Ordering::Relaxed);
+        self.stats
+            .passing
+            .store(self.pass.is_some(), Ordering::Relaxed);
     }
 
     /// When the loop must look again, at the latest.

@@ -39,6 +39,10 @@ impl Dispatcher {
         }
         self.last_progress = now;
         self.stats.paths_done.fetch_add(n as u64, Ordering::Relaxed);
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.last_synced_ms.store(unix_ms, Ordering::Relaxed);
         debug!(target = %self.target, kind = ?res.batch.kind, origin = ?res.batch.origin, paths = n, ms = res.elapsed.as_millis() as u64, "batch done");
         if res.outcome == Outcome::Vanished {
             debug!(target = %self.target, "some files vanished during transfer: {}", res.stderr.trim());

@@ -1,0 +1,271 @@
+//! The running daemon as the control socket sees it ([`crate::ops::control::Pipeline`]):
+//! status from the counters, the maps and the state's failures; pause and resume of a
+//! target; rescans of a subtree; checkpoints. Owned by the supervisor, which tells it when
+//! the source is opened again.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crate::change::{Change, ChangeSink, WatchClock};
+use crate::ops::control::{
+    Checkpoint, CheckpointTarget, FailureEntry, Pipeline, SourceStatus, Status, TargetStatus,
+};
+use crate::queue::DedupMap;
+use crate::source::SourceStats;
+use crate::state::TargetState;
+use crate::transfer::PoolStats;
+
+/// One target's handles.
+pub struct LiveTarget {
+    pub name: String,
+    pub stats: Arc<PoolStats>,
+    pub map: Arc<DedupMap>,
+    pub state: Arc<TargetState>,
+}
+
+/// Checkpoints kept for their clients (the oldest are forgotten past it).
+const CHECKPOINTS_MAX: usize = 1024;
+
+pub struct Live {
+    started: Instant,
+    root: PathBuf,
+    /// The source's kind and counters; `None` while it is opened again.
+    source: Mutex<Option<(String, Arc<SourceStats>)>>,
+    targets: Vec<LiveTarget>,
+    sink: Arc<dyn ChangeSink>,
+    caught_up: Arc<WatchClock>,
+    /// By id (wall-clock ms): when it was taken, and the first moment the source was seen to
+    /// have read everything queued before it (every change from before it is in the maps,
+    /// inserted no later than that moment).
+    checkpoints: Mutex<BTreeMap<u64, (SystemTime, Option<Instant>)>>,
+}
+
+impl Live {
+    pub fn new(
+        root: PathBuf,
+        targets: Vec<LiveTarget>,
+        sink: Arc<dyn ChangeSink>,
+        caught_up: Arc<WatchClock>,
+    ) -> Live {
+        Live {
+            started: Instant::now(),
+            root,
+            source: Mutex::new(None),
+            targets,
+            sink,
+            caught_up,
+            checkpoints: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The source now running (`None`: being opened again).
+    pub fn set_source(&self, source: Option<(String, Arc<SourceStats>)>) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    fn find(&self, target: &str) -> Result<&LiveTarget, String> {
+        if let Some(t) = self.targets.iter().find(|t| t.name == target) {
+            return Ok(t);
+        }
+        if let Some(t) = target
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| self.targets.get(i))
+        {
+            return Ok(t);
+        }
+        let names: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+        Err(format!(
+            "no target {target:?}: the targets are {} (or their numbers from 1)",
+            names.join(", ")
+        ))
+    }
+
+    fn state_of(t: &LiveTarget) -> &'static str {
+        if t.stats.paused.load(Ordering::Relaxed) {
+            "paused"
+        } else if t.stats.down.load(Ordering::Relaxed) {
+            "down"
+        } else if t.stats.passing.load(Ordering::Relaxed) {
+            "initial sync"
+        } else {
+            "live"
+        }
+    }
+}
+
+impl Pipeline for Live {
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let source = match source {
+            Some((kind, s)) => SourceStatus {
+                root: self.root.display().to_string(),
+                kind,
+                events: s.events.load(Ordering::Relaxed),
+                rescans: s.rescans.load(Ordering::Relaxed),
+                lost: s.lost.load(Ordering::Relaxed),
+            },
+            None => SourceStatus {
+                root: self.root.display().to_string(),
+                kind: "restarting".into(),
+                events: 0,
+                rescans: 0,
+                lost: 0,
+            },
+        };
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| {
+                let s = &t.stats;
+                let last = s.last_synced_ms.load(Ordering::Relaxed);
+                TargetStatus {
+                    name: t.name.clone(),
+                    state: Live::state_of(t).into(),
+                    pending: t.map.len() as u64,
+                    oldest_pending_s: t
+                        .map
+                        .oldest()
+                        .map(|o| now.saturating_duration_since(o).as_secs_f64()),
+                    last_synced: (last > 0).then(|| last as f64 / 1000.0),
+                    failing_paths: s.failed_paths.load(Ordering::Relaxed),
+                    batches: s.batches.load(Ordering::Relaxed),
+                    failed_batches: s.failed_batches.load(Ordering::Relaxed),
+                    paths_sent: s.paths_done.load(Ordering::Relaxed),
+                    rsync_runs: s.rsync_spawned.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            source,
+            targets,
+        }
+    }
+
+    fn failures(&self) -> Vec<FailureEntry> {
+        self.targets
+            .iter()
+            .flat_map(|t| {
+                t.state.failures().into_iter().map(|f| FailureEntry {
+                    target: t.name.clone(),
+                    path: f.path.display().to_string(),
+                    attempts: f.attempts,
+                    first: f.first,
+                    last: f.last,
+                    reason: f.reason,
+                })
+            })
+            .collect()
+    }
+
+    fn pause(&self, target: &str, paused: bool) -> Result<String, String> {
+        let t = self.find(target)?;
+        let was = t.stats.paused.swap(paused, Ordering::Relaxed);
+        if was != paused {
+            tracing::info!(target = %t.name, pending = t.map.len(), "{}", if paused { "paused by the operator: changes stay queued" } else { "resumed by the operator" });
+        }
+        t.map.wake();
+        Ok(t.name.clone())
+    }
+
+    fn rescan(&self, path: &str) -> Result<String, String> {
+        let p = Path::new(path);
+        let rel = if p.is_absolute() {
+            p.strip_prefix(&self.root)
+                .map_err(|_| format!("{path} is not inside the source {}", self.root.display()))?
+                .to_path_buf()
+        } else {
+            p.to_path_buf()
+        };
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(format!(
+                "{path}: give a path inside the source, without `..`"
+            ));
+        }
+        let rel: PathBuf = rel
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        tracing::info!(path = %rel.display(), "rescan asked for by the operator");
+        self.sink.push(&[Change::rescan(rel.clone())]);
+        Ok(self.root.join(&rel).display().to_string())
+    }
+
+    fn checkpoint(&self) -> u64 {
+        let wall = SystemTime::now();
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let mut id = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        while c.contains_key(&id) {
+            id += 1;
+        }
+        c.insert(id, (wall, None));
+        while c.len() > CHECKPOINTS_MAX {
+            c.pop_first();
+        }
+        id
+    }
+
+    fn checkpoint_state(&self, id: u64) -> Result<Checkpoint, String> {
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = c.get_mut(&id).ok_or_else(|| {
+            format!(
+                "no checkpoint {id} (taken by this syncer, and among its last {CHECKPOINTS_MAX})"
+            )
+        })?;
+        // Everything the kernel queued before it has been read into the maps...
+        if entry.1.is_none() && self.caught_up.get().is_some_and(|t| t >= entry.0) {
+            entry.1 = Some(Instant::now());
+        }
+        let read_by = entry.1;
+        drop(c);
+        let source_caught_up = read_by.is_some();
+        // ... and nothing from before it is still pending or in flight on a target.
+        let targets: Vec<CheckpointTarget> = self
+            .targets
+            .iter()
+            .map(|t| {
+                let waiting_for = if t.stats.paused.load(Ordering::Relaxed) {
+                    Some("paused".to_string())
+                } else if t.stats.passing.load(Ordering::Relaxed) {
+                    Some("initial sync".to_string())
+                } else {
+                    match read_by {
+                        None => Some("the source reading what came before it".to_string()),
+                        Some(by) if t.map.oldest().is_some_and(|o| o <= by) => {
+                            Some("changes from before it pending".to_string())
+                        }
+                        Some(_) => None,
+                    }
+                };
+                CheckpointTarget {
+                    name: t.name.clone(),
+                    reached: waiting_for.is_none(),
+                    waiting_for,
+                }
+            })
+            .collect();
+        Ok(Checkpoint {
+            id,
+            reached: targets.iter().all(|t| t.reached),
+            source_caught_up,
+            targets,
+        })
+    }
+}

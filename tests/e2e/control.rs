@@ -1,0 +1,183 @@
+//! The control socket through the real client commands, against a running `syncer run`
+//! (fanotify, the rig's daemon and local targets):
+//! - `status --json` under a load: queue depths that go to zero once the writer stops;
+//!   the rsync daemon stopped: its target reported `down`, and `status --check` exits 1;
+//! - `checkpoint --wait` returns only once both targets hold the files written before it
+//!   (checked on the targets the moment it returns);
+//! - `pause` keeps a target's changes queued (and it reported `paused`), `resume` sends them;
+//! - `rescan PATH` repairs drift made behind syncer's back; `failures --json` answers;
+//! - a client pointed at no daemon says so and exits 1.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Runs a client command against `socket`: exit code, stdout, stderr.
+fn client(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    all.extend(["--control-socket".into(), socket.as_os_str().to_owned()]);
+    let f = run_syncer(all, Duration::from_secs(120));
+    (f.status.code().unwrap_or(-1), f.stdout, f.stderr)
+}
+
+fn status(socket: &Path) -> serde_json::Value {
+    let (code, out, err) = client(socket, &["status", "--json"]);
+    assert_eq!(code, 0, "status --json: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is JSON ({e}): {out}"))
+}
+
+/// The target at `i` of a status.
+fn target(s: &serde_json::Value, i: usize) -> &serde_json::Value {
+    &s["targets"][i]
+}
+
+fn wait_status(
+    socket: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let s = status(socket);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < CONVERGE_TIMEOUT,
+            "{what}: never; last status {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_client_commands_against_a_running_syncer() {
+    let Some(mut rig) = Rig::new() else { return };
+    let src = &rig.src.clone();
+    make_tree(&src.join("t"), &TreeSpec::new(100));
+    let mut syncer = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut syncer);
+    let socket = rig.control_socket();
+
+    let s = status(&socket);
+    assert_eq!(s["source"]["kind"], "fanotify", "{s:#}");
+    assert_eq!(s["targets"].as_array().map(Vec::len), Some(2), "{s:#}");
+    for i in 0..2 {
+        assert_eq!(target(&s, i)["state"], "live", "{s:#}");
+        assert_eq!(target(&s, i)["pending"], 0, "{s:#}");
+    }
+    let (code, out, _) = client(&socket, &["status"]);
+    assert!(
+        code == 0 && out.contains("PENDING") && out.contains("live"),
+        "{out}"
+    );
+
+    // Under a load the queues fill, and empty once it stops.
+    let writer = Writer::spawn(src.join("t/load"), Duration::from_millis(1));
+    let t0 = Instant::now();
+    let mut most = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let s = status(&socket);
+        most = most.max(target(&s, 0)["pending"].as_u64().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = writer.stop();
+    assert!(
+        most > 0,
+        "{written} files written, the daemon target never had a queue"
+    );
+    wait_status(&socket, "the queues empty", |s| {
+        (0..2).all(|i| target(s, i)["pending"] == 0 && target(s, i)["oldest_pending_s"].is_null())
+    });
+    rig.assert_converges(&mut syncer);
+
+    // A checkpoint returns once the targets hold what was written before it.
+    let burst = src.join("t/burst");
+    mkdirs(&burst);
+    for i in 0..200 {
+        write_file(
+            &burst.join(format!("f{i}")),
+            format!("before the checkpoint {i}").as_bytes(),
+        );
+    }
+    let (code, out, err) = client(&socket, &["checkpoint", "--wait", "--timeout", "100"]);
+    assert_eq!(code, 0, "checkpoint --wait: {out}{err}");
+    for t in rig.target_dirs() {
+        for i in 0..200 {
+            let got = std::fs::read(t.join(format!("t/burst/f{i}"))).unwrap_or_default();
+            assert_eq!(
+                got,
+                format!("before the checkpoint {i}").into_bytes(),
+                "checkpoint reached, yet {} lacks t/burst/f{i}",
+                t.display()
+            );
+        }
+    }
+
+    // Pause the local target: its changes wait (and it says so), then go on resume.
+    let local = rig.target_dirs()[1].display().to_string();
+    let (code, out, err) = client(&socket, &["pause", "2"]);
+    assert!(code == 0 && out.contains("paused"), "pause: {out}{err}");
+    write_file(&src.join("t/while-paused"), b"held back");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !rig.target_dirs()[1].join("t/while-paused").exists(),
+        "a paused target received a change"
+    );
+    let s = status(&socket);
+    assert_eq!(target(&s, 1)["name"], local.as_str(), "{s:#}");
+    assert_eq!(target(&s, 1)["state"], "paused", "{s:#}");
+    assert!(target(&s, 1)["pending"].as_u64() >= Some(1), "{s:#}");
+    let (code, out, _) = client(&socket, &["status", "--check", "--max-lag", "600"]);
+    assert!(
+        code == 1 && out.contains("paused"),
+        "a paused target fails the check: {out}"
+    );
+    let (code, _, err) = client(&socket, &["resume", &local]);
+    assert_eq!(code, 0, "resume by name: {err}");
+    rig.assert_converges(&mut syncer);
+
+    // Drift behind syncer's back, repaired by a rescan of its directory.
+    std::fs::remove_file(rig.target_dirs()[1].join("t/burst/f7")).unwrap();
+    let (code, out, err) = client(
+        &socket,
+        &["rescan", &src.join("t/burst").display().to_string()],
+    );
+    assert!(code == 0 && out.contains("t/burst"), "rescan: {out}{err}");
+    rig.assert_converges(&mut syncer);
+    let (code, _, err) = client(&socket, &["rescan", "/elsewhere"]);
+    assert!(code == 1 && err.contains("not inside the source"), "{err}");
+
+    let (code, out, _) = client(&socket, &["failures", "--json"]);
+    assert_eq!(code, 0);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v.is_array()),
+        "{out}"
+    );
+
+    // The daemon goes away: its target is reported down, and the check fails.
+    rig.daemon.stop();
+    write_file(&src.join("t/while-down"), b"waits");
+    let s = wait_status(&socket, "the daemon target reported down", |s| {
+        target(s, 0)["state"] == "down"
+    });
+    assert_eq!(target(&s, 1)["state"], "live", "{s:#}");
+    let (code, out, _) = client(&socket, &["status", "--check", "--max-lag", "600"]);
+    assert!(
+        code == 1 && out.contains("down"),
+        "a down target fails the check: {out}"
+    );
+    rig.daemon.start();
+    rig.assert_converges(&mut syncer);
+    wait_status(&socket, "the daemon target back up", |s| {
+        target(s, 0)["state"] == "live"
+    });
+    let (code, out, _) = client(&socket, &["status", "--check", "--max-lag", "600"]);
+    assert!(code == 0 && out.starts_with("OK"), "{out}");
+    syncer.stop();
+
+    // Nothing listens any more.
+    let (code, _, err) = client(&socket, &["status"]);
+    assert!(code == 1 && err.contains("cannot reach syncer"), "{err}");
+}
