@@ -48,25 +48,30 @@ fn main() -> ExitCode {
             }
         };
     }
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            match cmd {
-                Command::Check(path) => {
-                    print!("{}", syncer::app::check::report(&path));
-                    Ok(())
-                }
-                Command::Run(cfg) => syncer::app::run::run(cfg).await,
-                Command::Sync(cfg) => syncer::app::sync::sync(cfg).await,
-                Command::Client(..) => unreachable!("answered above"),
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("syncer: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cmd {
+            Command::Check(path) => {
+                print!("{}", syncer::app::check::report(&path));
+                Ok(())
             }
-        })
-        .map_err(anyhow::Error::from)
+            Command::Run(cfg) => syncer::app::run::run(cfg).await,
+            Command::Sync(cfg) => syncer::app::sync::sync(cfg).await,
+            Command::Client(..) => Ok(()),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("syncer: {e:#}");
-            ExitCode::from(1)
+            let code = e.exit_code();
+            eprintln!("syncer: {:#}", anyhow::Error::from(e));
+            ExitCode::from(code)
         }
     }
 }

@@ -181,3 +181,97 @@ fn the_client_commands_against_a_running_syncer() {
     let (code, _, err) = client(&socket, &["status"]);
     assert!(code == 1 && err.contains("cannot reach syncer"), "{err}");
 }
+
+/// Mistakes a new operator makes with an rsync daemon target, each told apart from an outage:
+/// a module the daemon does not have and a password file others can read stop the start with
+/// exit 2 and a message naming them; a wrong password is reported as `refused` (in the log
+/// and in status, with rsync's own reason), its changes stay queued, and the right password
+/// (after a restart) sends them.
+#[test]
+fn a_target_that_refuses_syncer_is_told_apart_from_one_that_is_down() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(20));
+    let run = |target: &str, pw: &Path, extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--source".into(),
+            src.into(),
+            "--target".into(),
+            target.into(),
+            "--password-file".into(),
+            pw.into(),
+            "--source-kind".into(),
+            "fanotify".into(),
+            "--state-dir".into(),
+            rig.state_dir().into(),
+            "--control-socket".into(),
+            rig.control_socket().into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        Syncer::spawn(args)
+    };
+    let right = rig.write_config("right.pass", &format!("{AUTH_PASSWORD}\n"));
+    chmod(&right, 0o600);
+
+    // No such module: said at start, exit 2.
+    let nope = rig.daemon.auth_url().replace("/auth", "/nope");
+    let f = run(&nope, &right, &[]).finish(Duration::from_secs(60));
+    assert_eq!(f.status.code(), Some(2), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("refuses module \"nope\"") && f.stderr.contains("Unknown module"),
+        "{}",
+        f.stderr
+    );
+
+    // A password file others can read: rsync would refuse it at the first batch; exit 2 now.
+    let open = rig.write_config("open.pass", &format!("{AUTH_PASSWORD}\n"));
+    chmod(&open, 0o644);
+    let f = run(&rig.daemon.auth_url(), &open, &[]).finish(Duration::from_secs(60));
+    assert_eq!(f.status.code(), Some(2), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("password_file") && f.stderr.contains("chmod 600"),
+        "{}",
+        f.stderr
+    );
+
+    // A wrong password: refused, with rsync's reason, and nothing lost.
+    let wrong = rig.write_config("wrong.pass", "wrong\n");
+    chmod(&wrong, 0o600);
+    let mut syncer = run(&rig.daemon.auth_url(), &wrong, &[]);
+    syncer.wait_for_log(
+        "target refuses syncer: authentication failed",
+        MARKER_TIMEOUT,
+    );
+    assert!(
+        syncer.log_contains("@ERROR: auth failed on module auth"),
+        "{}",
+        syncer.log()
+    );
+    let s = wait_status(&rig.control_socket(), "the target reported refused", |s| {
+        target(s, 0)["state"] == "refused"
+    });
+    assert!(
+        target(&s, 0)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("auth failed")),
+        "{s:#}"
+    );
+    // A live change waits in the queue (the start-up pass, refused too, resumes later).
+    write_file(&src.join("t/while-refused"), b"kept");
+    wait_status(&rig.control_socket(), "the change queued", |s| {
+        target(s, 0)["pending"].as_u64() >= Some(1)
+    });
+    let (code, out, _) = client(&rig.control_socket(), &["status"]);
+    assert!(
+        code == 0 && out.contains("refused") && out.contains("auth failed"),
+        "{out}"
+    );
+    // Killed: what it could not send is in its journal.
+    syncer.kill();
+
+    // The right password: everything goes.
+    let syncer = run(&rig.daemon.auth_url(), &right, &[]);
+    assert_converges(src, &rig.daemon.auth_path(), CONVERGE_TIMEOUT);
+    syncer.stop();
+}

@@ -289,8 +289,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The password of the daemon's `auth` module (user `syncer`).
+pub const AUTH_PASSWORD: &str = "right";
+
 /// `rsync --daemon` serving one writable module `mod` (a temp dir) on 127.0.0.1, as root
-/// (`uid = root`, `gid = root`, `munge symlinks = no`).
+/// (`uid = root`, `gid = root`, `munge symlinks = no`), and a module `auth` that wants a
+/// password ([`RsyncDaemon::auth_url`]).
 ///
 /// The module uses `use chroot = yes`: without a chroot the daemon sanitizes symlink targets
 /// (`/etc/passwd` arrives as `etc/passwd`) even with `munge symlinks = no`, so the copy could never
@@ -342,10 +346,27 @@ impl RsyncDaemon {
              \tuse chroot = yes\n\
              \tmunge symlinks = no\n\
              \ttransfer logging = yes\n\
-             \tlog format = xfer %o %n\n",
+             \tlog format = xfer %o %n\n\
+             \n\
+             [auth]\n\
+             \tpath = {}\n\
+             \tread only = false\n\
+             \tuid = root\n\
+             \tgid = root\n\
+             \tuse chroot = yes\n\
+             \tauth users = syncer\n\
+             \tsecrets file = {}\n",
             log.display(),
-            module.display()
+            module.display(),
+            dir.path().join("auth-module").display(),
+            dir.path().join("secrets").display(),
         );
+        mkdirs(&dir.path().join("auth-module"));
+        write_file(
+            &dir.path().join("secrets"),
+            format!("syncer:{AUTH_PASSWORD}\n").as_bytes(),
+        );
+        chmod(&dir.path().join("secrets"), 0o600);
         write_file(&conf, text.as_bytes());
         RsyncDaemon {
             dir,
@@ -434,6 +455,17 @@ impl RsyncDaemon {
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
         }
+    }
+
+    /// `rsync://syncer@127.0.0.1:PORT/auth`: a module that wants user `syncer` with
+    /// [`AUTH_PASSWORD`].
+    pub fn auth_url(&self) -> String {
+        format!("rsync://syncer@127.0.0.1:{}/auth", self.port)
+    }
+
+    /// Where the `auth` module keeps its files.
+    pub fn auth_path(&self) -> PathBuf {
+        self.dir.path().join("auth-module")
     }
 
     /// `rsync://127.0.0.1:PORT/mod`

@@ -147,7 +147,7 @@ pub fn run(socket: &Path, cmd: &Client) -> Result<u8, ControlError> {
 pub fn lagging(s: &Status, lag: Duration) -> Vec<String> {
     let mut out = Vec::new();
     for t in &s.targets {
-        if t.state == "down" || t.state == "paused" {
+        if t.state == "down" || t.state == "paused" || t.state == "refused" {
             out.push(format!("{} is {}", t.name, t.state));
         }
         if let Some(age) = t.oldest_pending_s.filter(|&a| a > lag.as_secs_f64()) {
@@ -197,6 +197,9 @@ pub fn render(s: &Status) -> String {
             "{:<40} {:<12} {:>9} {:>10} {:>12} {:>9} {:>9} {:>8}",
             t.name, t.state, t.pending, oldest, last, t.paths_sent, t.rsync_runs, t.failing_paths
         );
+        if let Some(e) = &t.last_error {
+            let _ = writeln!(out, "  last error: {e}");
+        }
     }
     out
 }
@@ -218,6 +221,7 @@ mod tests {
             failed_batches: 0,
             paths_sent: 0,
             rsync_runs: 0,
+            last_error: None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! What can end `syncer run` or `syncer sync` with exit code 1, each with the context an
-//! operator needs.
+//! What can end `syncer run` or `syncer sync` with exit code 1 (or 2, for a target that
+//! refuses syncer at start: configuration), each with the context an operator needs.
 
 use crate::source::SourceError;
 
@@ -25,9 +25,19 @@ pub enum RunError {
     PoolFailed { target: String, why: String },
     #[error("{0} change(s) could not be replicated before shutdown (see the log)")]
     Undrained(usize),
+    #[error("--target {target}: {why}")]
+    Refused { target: String, why: String },
 }
 
 impl RunError {
+    /// The exit code: 2 for a configuration the operator must fix, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Refused { .. } => 2,
+            _ => 1,
+        }
+    }
+
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         RunError::Io {
             what: what.into(),

@@ -89,7 +89,11 @@ impl Live {
         if t.stats.paused.load(Ordering::Relaxed) {
             "paused"
         } else if t.stats.down.load(Ordering::Relaxed) {
-            "down"
+            if t.stats.refused.load(Ordering::Relaxed) {
+                "refused"
+            } else {
+                "down"
+            }
         } else if t.stats.passing.load(Ordering::Relaxed) {
             "initial sync"
         } else {
@@ -142,6 +146,7 @@ impl Pipeline for Live {
                     failed_batches: s.failed_batches.load(Ordering::Relaxed),
                     paths_sent: s.paths_done.load(Ordering::Relaxed),
                     rsync_runs: s.rsync_spawned.load(Ordering::Relaxed),
+                    last_error: s.error(),
                 }
             })
             .collect();

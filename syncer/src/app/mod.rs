@@ -9,6 +9,7 @@ pub mod error;
 mod fdstore;
 mod live;
 mod pools;
+mod preflight;
 pub mod restore;
 pub mod run;
 pub mod sync;

@@ -65,6 +65,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| RunError::io("install SIGINT handler", e))?;
 
+    super::preflight::check_targets(&cfg).await?;
     let shutdown = Shutdown::new();
     let scfg = SourceConfig {
         root: cfg.source.clone(),

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::shutdown::Shutdown;
 
 pub async fn sync(cfg: Config) -> Result<(), RunError> {
+    super::preflight::check_targets(&cfg).await?;
     let started = Instant::now();
     // Draining from the start: the pools finish the pass and return.
     let shutdown = Shutdown::triggered();

@@ -281,12 +281,7 @@ fn valid_targets(
         });
     }
     if let Some(pw) = password_file {
-        if !pw.is_file() {
-            return Err(ConfigError::Invalid {
-                flag: "--password-file",
-                msg: format!("{} is not a readable file", pw.display()),
-            });
-        }
+        check_password_file(pw, nix::unistd::geteuid().is_root())?;
     }
     texts
         .iter()
@@ -301,6 +296,41 @@ fn valid_targets(
             Ok(target)
         })
         .collect()
+}
+
+/// What rsync itself would refuse in a password file, found at start rather than at the
+/// first batch: a file it cannot read, one others can read (rsync: "password file must not
+/// be other-accessible"), and, run as root, one root does not own.
+fn check_password_file(pw: &Path, as_root: bool) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let invalid = |msg| ConfigError::Invalid {
+        flag: "--password-file (password_file)",
+        msg,
+    };
+    let meta = std::fs::metadata(pw).map_err(|e| invalid(format!("{}: {e}", pw.display())))?;
+    if !meta.is_file() {
+        return Err(invalid(format!("{} is not a file", pw.display())));
+    }
+    if let Err(e) = std::fs::File::open(pw) {
+        return Err(invalid(format!("{} cannot be read: {e}", pw.display())));
+    }
+    if meta.mode() & 0o006 != 0 {
+        return Err(invalid(format!(
+            "{} can be read by others (mode {:o}), which rsync refuses: chmod 600 {}",
+            pw.display(),
+            meta.mode() & 0o777,
+            pw.display()
+        )));
+    }
+    if as_root && meta.uid() != 0 {
+        return Err(invalid(format!(
+            "{} is owned by uid {}, and rsync run as root wants it owned by root: chown root {}",
+            pw.display(),
+            meta.uid(),
+            pw.display()
+        )));
+    }
+    Ok(())
 }
 
 /// rsync waits on the network far more than on the CPU, so a few processes per core pay off.
@@ -356,6 +386,41 @@ mod tests {
         let err = Settings::from_toml(text, Path::new("/etc/syncer.toml")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("/etc/syncer.toml, line 3"), "{msg}");
+    }
+
+    #[test]
+    fn password_files_rsync_would_refuse() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let me_root = nix::unistd::geteuid().is_root();
+        // (mode, checked as root, what the message says; "" = accepted)
+        let cases = [
+            (0o600, false, ""),
+            (0o640, false, ""),
+            (0o604, false, "can be read by others (mode 604)"),
+            (0o644, false, "chmod 600"),
+        ];
+        for (mode, as_root, want) in cases {
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = check_password_file(&pw, as_root);
+            match want {
+                "" => assert!(got.is_ok(), "{mode:o}: {got:?}"),
+                w => {
+                    let msg = got.expect_err("refused").to_string();
+                    assert!(
+                        msg.contains(w) && msg.contains("password_file"),
+                        "{mode:o}: {msg}"
+                    );
+                }
+            }
+        }
+        let missing = check_password_file(&dir.path().join("none"), false).unwrap_err();
+        assert!(missing.to_string().contains("No such file"), "{missing}");
+        // Owned by whoever runs the test: as root it is root's, else refused for root.
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(check_password_file(&pw, true).is_ok(), me_root);
     }
 
     #[test]

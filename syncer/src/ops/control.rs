@@ -47,7 +47,8 @@ pub struct SourceStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub name: String,
-    /// `initial sync`, `live`, `down` or `paused`.
+    /// `initial sync`, `live`, `down`, `refused` (down because it turns syncer away: a
+    /// password, a module, a key) or `paused`.
     pub state: String,
     /// Paths queued or in flight.
     pub pending: u64,
@@ -61,6 +62,8 @@ pub struct TargetStatus {
     pub failed_batches: u64,
     pub paths_sent: u64,
     pub rsync_runs: u64,
+    /// The last failure's reason as rsync gave it (none since the last success).
+    pub last_error: Option<String>,
 }
 
 /// A path that keeps failing on a target.

@@ -107,6 +107,16 @@ impl Target {
         }
     }
 
+    /// For a daemon target: its module's name (what the daemon is asked for).
+    pub fn daemon_module(&self) -> Option<String> {
+        let TargetKind::Daemon { url } = &self.kind else {
+            return None;
+        };
+        let rest = url.strip_prefix("rsync://").unwrap_or(url);
+        let module = rest.split('/').nth(1)?;
+        (!module.is_empty()).then(|| module.to_string())
+    }
+
     /// The host and port to probe: an rsync daemon's (873 by default), ssh's (22).
     pub fn probe_addr(&self) -> Option<(String, u16)> {
         let (hostport, default) = match &self.kind {

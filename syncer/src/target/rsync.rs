@@ -113,6 +113,87 @@ pub fn unreachable(stderr: &str) -> bool {
     .any(|m| stderr.contains(m))
 }
 
+/// Why the target turned syncer away, when rsync's message says so: a configuration to fix
+/// (a password, a module name, a key), not an outage. `None`: not a refusal.
+pub fn refusal(stderr: &str) -> Option<&'static str> {
+    [
+        (
+            "auth failed",
+            "authentication failed (the password file's password or user)",
+        ),
+        ("Unknown module", "the daemon has no such module"),
+        ("password file must", "rsync refuses the password file"),
+        ("ERROR: password file", "rsync refuses the password file"),
+        (
+            "Host key verification failed",
+            "the ssh host key is not known or has changed",
+        ),
+        ("Permission denied (publickey", "ssh authentication failed"),
+        ("access denied", "the daemon denies this host"),
+    ]
+    .iter()
+    .find(|(m, _)| stderr.contains(m))
+    .map(|(_, why)| *why)
+}
+
+/// What an rsync daemon answers when asked for a module, without authenticating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleAnswer {
+    /// The module is there (open, or asking for a password).
+    Serves,
+    /// The daemon refused (`@ERROR: ...`, e.g. an unknown module).
+    Refuses(String),
+}
+
+/// Greets the rsync daemon at `host:port` the way rsync does (`@RSYNCD:` versions, then the
+/// module's name) and says whether it serves `module`; an error when it cannot be reached
+/// or speaks no rsync (the target may be down for now: not a configuration error).
+pub fn greet_module(
+    host: &str,
+    port: u16,
+    module: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<ModuleAnswer> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if !line.starts_with("@RSYNCD: ") {
+        return Err(std::io::Error::other(format!(
+            "not an rsync daemon (it said {:?})",
+            line.trim_end()
+        )));
+    }
+    // Protocol 30: every daemon since rsync 3.0 speaks it, and it needs no digest list.
+    let mut w = &stream;
+    write!(w, "@RSYNCD: 30.0\n{module}\n")?;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("the daemon closed the connection"));
+        }
+        let l = line.trim_end();
+        if l == "@RSYNCD: OK" || l.starts_with("@RSYNCD: AUTHREQD") {
+            return Ok(ModuleAnswer::Serves);
+        }
+        if l.starts_with("@ERROR") {
+            return Ok(ModuleAnswer::Refuses(l.to_string()));
+        }
+        if l == "@RSYNCD: EXIT" {
+            return Ok(ModuleAnswer::Refuses("the daemon ended the session".into()));
+        }
+        // The daemon's message of the day comes first, line by line.
+    }
+}
+
 /// Whether a plain batch writes entries directly in the source root. rsync writes a file by
 /// renaming a temporary file into place, which moves the mtime of the target's directory;
 /// it restores the mtimes of the directories in its file list at the end, and `--relative`

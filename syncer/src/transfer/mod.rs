@@ -61,6 +61,31 @@ pub struct PoolStats {
     pub passing: std::sync::atomic::AtomicBool,
     /// When a batch last succeeded (ms since the epoch; 0: never).
     pub last_synced_ms: AtomicU64,
+    /// Down because the target turns syncer away (a password, a module, a key): a
+    /// configuration to fix, not an outage.
+    pub refused: std::sync::atomic::AtomicBool,
+    /// The last failure's reason, as rsync said it (empty: none since the last success).
+    pub last_error: std::sync::Mutex<String>,
+}
+
+impl PoolStats {
+    /// Records the reason of a failure (`None`: a success clears it).
+    pub fn set_error(&self, why: Option<&str>) {
+        let mut e = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.clear();
+        e.push_str(why.unwrap_or_default());
+    }
+
+    pub fn error(&self) -> Option<String> {
+        let e = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!e.is_empty()).then(|| e.clone())
+    }
 }
 
 /// The longest the dispatcher loop sleeps without a turn (its liveness tick).

@@ -43,6 +43,9 @@ impl Dispatcher {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.stats.last_synced_ms.store(unix_ms, Ordering::Relaxed);
+        if self.stats.refused.swap(false, Ordering::Relaxed) || self.health.outage(now).is_none() {
+            self.stats.set_error(None);
+        }
         debug!(target = %self.target, kind = ?res.batch.kind, origin = ?res.batch.origin, paths = n, ms = res.elapsed.as_millis() as u64, "batch done");
         if res.outcome == Outcome::Vanished {
             debug!(target = %self.target, "some files vanished during transfer: {}", res.stderr.trim());
@@ -76,14 +79,27 @@ impl Dispatcher {
     fn target_down(&mut self, res: BatchResult, now: Instant) {
         self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
         let unreachable = crate::target::rsync::unreachable(&res.stderr);
+        let refusal = crate::target::rsync::refusal(&res.stderr);
+        self.stats
+            .refused
+            .store(refusal.is_some(), Ordering::Relaxed);
+        self.stats.set_error(Some(res.reason()));
         let (pause, began) = self.health.failed(now, unreachable);
         let again = self
             .down_logged
             .is_some_and(|t| now < t + Duration::from_secs(60));
         if began || !again {
             let down_s = self.health.outage(now).map_or(0, |d| d.as_secs());
-            warn!(target = %self.target, retry_in_ms = pause.as_millis() as u64, probing = unreachable, down_s, pending = self.map.len(),
-                  "target down: {}", res.reason());
+            match refusal {
+                Some(why) => {
+                    error!(target = %self.target, retry_in_ms = pause.as_millis() as u64, down_s, pending = self.map.len(),
+                  "target refuses syncer: {why} (a configuration to fix, not an outage; its changes stay queued): {}", res.reason())
+                }
+                None => {
+                    warn!(target = %self.target, retry_in_ms = pause.as_millis() as u64, probing = unreachable, down_s, pending = self.map.len(),
+                  "target down: {}", res.reason())
+                }
+            }
             self.down_logged = Some(now);
         } else {
             debug!(target = %self.target, "target still down: {}", res.reason());
@@ -96,6 +112,7 @@ impl Dispatcher {
         let n = res.batch.entries.len();
         let outcome = res.outcome;
         self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_error(Some(res.reason()));
         let level = res.batch.entries.first().map_or(0, |t| t.pending.attempts) + 1;
         let backoff = retry_backoff(level);
         let msg = format!(
