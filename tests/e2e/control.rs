@@ -182,18 +182,18 @@ fn the_client_commands_against_a_running_syncer() {
     assert!(code == 1 && err.contains("cannot reach syncer"), "{err}");
 }
 
-/// Mistakes a new operator makes with an rsync daemon target, each told apart from an outage:
-/// a module the daemon does not have and a password file others can read stop the start with
-/// exit 2 and a message naming them; a wrong password is reported as `refused` (in the log
-/// and in status, with rsync's own reason), its changes stay queued, and the right password
-/// (after a restart) sends them.
+/// Mistakes an operator makes with an rsync daemon target, each told apart from an outage:
+/// a module the daemon does not have, a wrong password and a password file others can read
+/// stop the start with exit 2 and rsync's reason; a password rotated on the backup host while
+/// syncer runs is reported as `refused` (in the log and in status, with rsync's reason), its
+/// changes stay queued, and go once the password is right again.
 #[test]
 fn a_target_that_refuses_syncer_is_told_apart_from_one_that_is_down() {
     let Some(rig) = Rig::new() else { return };
     let src = &rig.src;
     make_tree(&src.join("t"), &TreeSpec::new(20));
-    let run = |target: &str, pw: &Path, extra: &[&str]| {
-        let mut args: Vec<std::ffi::OsString> = vec![
+    let run = |target: &str, pw: &Path| {
+        let args: Vec<std::ffi::OsString> = vec![
             "run".into(),
             "--source".into(),
             src.into(),
@@ -203,42 +203,57 @@ fn a_target_that_refuses_syncer_is_told_apart_from_one_that_is_down() {
             pw.into(),
             "--source-kind".into(),
             "fanotify".into(),
+            "--delay".into(),
+            "50".into(),
             "--state-dir".into(),
             rig.state_dir().into(),
             "--control-socket".into(),
             rig.control_socket().into(),
         ];
-        args.extend(extra.iter().map(Into::into));
         Syncer::spawn(args)
     };
     let right = rig.write_config("right.pass", &format!("{AUTH_PASSWORD}\n"));
     chmod(&right, 0o600);
-
-    // No such module: said at start, exit 2.
-    let nope = rig.daemon.auth_url().replace("/auth", "/nope");
-    let f = run(&nope, &right, &[]).finish(Duration::from_secs(60));
-    assert_eq!(f.status.code(), Some(2), "{}", f.stderr);
-    assert!(
-        f.stderr.contains("refuses module \"nope\"") && f.stderr.contains("Unknown module"),
-        "{}",
-        f.stderr
+    let refused_at_start = |target: &str, pw: &Path, says: &[&str]| {
+        let f = run(target, pw).finish(Duration::from_secs(60));
+        assert_eq!(f.status.code(), Some(2), "{}", f.stderr);
+        for s in says {
+            assert!(f.stderr.contains(s), "{s:?} in: {}", f.stderr);
+        }
+    };
+    refused_at_start(
+        &rig.daemon.auth_url().replace("/auth", "/nope"),
+        &right,
+        &["no such module", "Unknown module 'nope'"],
     );
-
-    // A password file others can read: rsync would refuse it at the first batch; exit 2 now.
-    let open = rig.write_config("open.pass", &format!("{AUTH_PASSWORD}\n"));
-    chmod(&open, 0o644);
-    let f = run(&rig.daemon.auth_url(), &open, &[]).finish(Duration::from_secs(60));
-    assert_eq!(f.status.code(), Some(2), "{}", f.stderr);
-    assert!(
-        f.stderr.contains("password_file") && f.stderr.contains("chmod 600"),
-        "{}",
-        f.stderr
-    );
-
-    // A wrong password: refused, with rsync's reason, and nothing lost.
     let wrong = rig.write_config("wrong.pass", "wrong\n");
     chmod(&wrong, 0o600);
-    let mut syncer = run(&rig.daemon.auth_url(), &wrong, &[]);
+    refused_at_start(
+        &rig.daemon.auth_url(),
+        &wrong,
+        &[
+            "authentication failed",
+            "@ERROR: auth failed on module auth",
+        ],
+    );
+    // A password file others can read: rsync would refuse it at the first batch.
+    let open = rig.write_config("open.pass", &format!("{AUTH_PASSWORD}\n"));
+    chmod(&open, 0o644);
+    refused_at_start(
+        &rig.daemon.auth_url(),
+        &open,
+        &["password_file", "chmod 600"],
+    );
+
+    // Right: it runs. Then the backup host rotates the password.
+    let mut syncer = run(&rig.daemon.auth_url(), &right);
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    assert_converges(src, &rig.daemon.auth_path(), CONVERGE_TIMEOUT);
+    rig.daemon.set_auth_password("rotated");
+    write_file(
+        &src.join("t/after-the-rotation"),
+        b"kept until the password is right",
+    );
     syncer.wait_for_log(
         "target refuses syncer: authentication failed",
         MARKER_TIMEOUT,
@@ -257,21 +272,19 @@ fn a_target_that_refuses_syncer_is_told_apart_from_one_that_is_down() {
             .is_some_and(|e| e.contains("auth failed")),
         "{s:#}"
     );
-    // A live change waits in the queue (the start-up pass, refused too, resumes later).
-    write_file(&src.join("t/while-refused"), b"kept");
-    wait_status(&rig.control_socket(), "the change queued", |s| {
-        target(s, 0)["pending"].as_u64() >= Some(1)
-    });
+    assert!(target(&s, 0)["pending"].as_u64() >= Some(1), "{s:#}");
     let (code, out, _) = client(&rig.control_socket(), &["status"]);
     assert!(
         code == 0 && out.contains("refused") && out.contains("auth failed"),
         "{out}"
     );
-    // Killed: what it could not send is in its journal.
-    syncer.kill();
-
-    // The right password: everything goes.
-    let syncer = run(&rig.daemon.auth_url(), &right, &[]);
+    let (code, out, _) = client(&rig.control_socket(), &["status", "--check"]);
+    assert!(code == 1 && out.contains("refused"), "{out}");
+    // Back to the right password: the queued change goes (at the end of the pause, <= 30 s).
+    rig.daemon.set_auth_password(AUTH_PASSWORD);
     assert_converges(src, &rig.daemon.auth_path(), CONVERGE_TIMEOUT);
+    wait_status(&rig.control_socket(), "the target live again", |s| {
+        target(s, 0)["state"] == "live" && target(s, 0)["last_error"].is_null()
+    });
     syncer.stop();
 }

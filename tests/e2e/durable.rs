@@ -99,7 +99,7 @@ fn restart_transfers_only_what_changed() {
     );
 
     // Up to date: nothing at all goes to the target.
-    let (mark, conns) = (rig.daemon.received().len(), rig.daemon.connections());
+    let (mark, conns) = (rig.daemon.received().len(), rig.daemon.transfers());
     let mut third = rig.start(SourceKind::Fanotify);
     rig.assert_converges(&mut third);
     let log = third.stop();
@@ -110,7 +110,7 @@ fn restart_transfers_only_what_changed() {
         "an up-to-date start sent files"
     );
     assert_eq!(
-        rig.daemon.connections(),
+        rig.daemon.transfers(),
         conns,
         "an up-to-date start ran rsync against the daemon"
     );

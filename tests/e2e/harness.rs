@@ -119,7 +119,7 @@ fn harness_selftest() {
     rsync(&src, &daemon.url()).unwrap();
     assert_same_tree(&src, daemon.path());
     assert!(
-        daemon.connections() >= 1,
+        daemon.transfers() >= 1,
         "daemon log {}:\n{}\ndaemon output:\n{}",
         daemon.log_path().display(),
         daemon.log(),

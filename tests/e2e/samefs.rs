@@ -28,9 +28,9 @@ fn target_on_source_filesystem(kind: SourceKind) {
 
     // Idle now: give stragglers 2 s, then no transfer may happen for 3 s.
     thread::sleep(Duration::from_secs(2));
-    let before = rig.daemon.connections();
+    let before = rig.daemon.transfers();
     thread::sleep(Duration::from_secs(3));
-    let after = rig.daemon.connections();
+    let after = rig.daemon.transfers();
     if after != before {
         let log = rig.daemon.log();
         let lines: Vec<&str> = log.lines().collect();

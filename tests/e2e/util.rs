@@ -463,6 +463,13 @@ impl RsyncDaemon {
         format!("rsync://syncer@127.0.0.1:{}/auth", self.port)
     }
 
+    /// Changes the `auth` module's password (the backup host rotating it).
+    pub fn set_auth_password(&self, password: &str) {
+        let secrets = self.dir.path().join("secrets");
+        write_file(&secrets, format!("syncer:{password}\n").as_bytes());
+        chmod(&secrets, 0o600);
+    }
+
     /// Where the `auth` module keeps its files.
     pub fn auth_path(&self) -> PathBuf {
         self.dir.path().join("auth-module")
@@ -505,11 +512,12 @@ impl RsyncDaemon {
             .collect()
     }
 
-    /// How many client connections the daemon has logged so far.
-    pub fn connections(&self) -> usize {
+    /// How many rsync sessions have written to a module so far (`rsync to MODULE/ from`):
+    /// transfers, not the listing a start reaches the target with.
+    pub fn transfers(&self) -> usize {
         self.log()
             .lines()
-            .filter(|l| l.contains("connect from"))
+            .filter(|l| l.contains("] rsync to "))
             .count()
     }
 }

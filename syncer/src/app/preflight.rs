@@ -1,7 +1,10 @@
-//! What is checked of the targets before anything starts: an rsync daemon that answers and
-//! has no such module (or refuses this host) is a configuration to fix, said with exit 2,
-//! not an outage to retry forever. A daemon that does not answer may be down for now: the
-//! pools retry it (and probe it) as usual. The password file was checked with the config.
+//! What is checked of the targets before anything starts: each remote target is reached once
+//! the way every transfer will reach it (a listing of its top directory, with the password
+//! file and the operator's arguments). A target that answers and turns syncer away (a wrong
+//! password, no such module, an unknown ssh host key) is a configuration to fix, said with
+//! exit 2 and rsync's own reason, not an outage to retry forever. One that does not answer
+//! may be down for now: the pools retry it (and probe it) as usual. The password file's mode
+//! and owner were checked with the config.
 
 use std::time::Duration;
 
@@ -9,46 +12,38 @@ use tracing::{info, warn};
 
 use super::RunError;
 use crate::config::Config;
-use crate::target::rsync::{greet_module, ModuleAnswer};
+use crate::target::rsync::{reason, refusal};
+use crate::target::transport;
 
-/// How long a daemon has to answer at start.
-const GREETING: Duration = Duration::from_secs(3);
+/// How long a target has to answer at start.
+const REACH: Duration = Duration::from_secs(20);
 
 pub async fn check_targets(cfg: &Config) -> Result<(), RunError> {
-    let daemons: Vec<(String, String, u16, String)> = cfg
-        .targets
-        .iter()
-        .filter_map(|t| {
-            let module = t.daemon_module()?;
-            let (host, port) = t.probe_addr()?;
-            Some((t.display.clone(), host, port, module))
-        })
-        .collect();
-    if daemons.is_empty() {
-        return Ok(());
-    }
-    let checked = tokio::task::spawn_blocking(move || {
-        for (name, host, port, module) in daemons {
-            match greet_module(&host, port, &module, GREETING) {
-                Ok(ModuleAnswer::Serves) => {
-                    info!(target = %name, module = %module, "the rsync daemon serves the module")
-                }
-                Ok(ModuleAnswer::Refuses(said)) => {
-                    return Err(RunError::Refused {
-                        target: name,
-                        why: format!(
-                            "the rsync daemon at {host}:{port} refuses module {module:?}: {said} (check the module's name in the target, and the daemon's rsyncd.conf)"
-                        ),
-                    })
-                }
-                Err(e) => {
-                    warn!(target = %name, "the rsync daemon at {host}:{port} does not answer yet ({e}): starting anyway, its changes wait until it does")
-                }
-            }
+    for t in &cfg.targets {
+        let tr = transport(&cfg.source, t, &cfg.rsync);
+        let Some((code, stderr)) = crate::transfer::check::reach(&*tr, REACH).await else {
+            continue;
+        };
+        if code == Some(0) {
+            info!(target = %t.display, "the target answers");
+            continue;
         }
-        Ok(())
-    });
-    checked
-        .await
-        .unwrap_or_else(|e| Err(RunError::io("check the targets", std::io::Error::other(e))))
+        match refusal(&stderr) {
+            Some(why) => {
+                return Err(RunError::Refused {
+                    target: t.display.clone(),
+                    why: format!(
+                        "{why}: {} (check the target, --password-file and the target host's configuration)",
+                        reason(&stderr)
+                    ),
+                })
+            }
+            None => warn!(
+                target = %t.display,
+                "the target does not answer yet ({}): starting anyway, its changes wait until it does",
+                reason(&stderr)
+            ),
+        }
+    }
+    Ok(())
 }

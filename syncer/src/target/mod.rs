@@ -107,16 +107,6 @@ impl Target {
         }
     }
 
-    /// For a daemon target: its module's name (what the daemon is asked for).
-    pub fn daemon_module(&self) -> Option<String> {
-        let TargetKind::Daemon { url } = &self.kind else {
-            return None;
-        };
-        let rest = url.strip_prefix("rsync://").unwrap_or(url);
-        let module = rest.split('/').nth(1)?;
-        (!module.is_empty()).then(|| module.to_string())
-    }
-
     /// The host and port to probe: an rsync daemon's (873 by default), ssh's (22).
     pub fn probe_addr(&self) -> Option<(String, u16)> {
         let (hostport, default) = match &self.kind {
@@ -180,6 +170,13 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// and the target, contents compared (the periodic verify's deep check), if this transport
     /// has one. Its standard output goes to [`Transport::drift`].
     fn check(&self) -> Option<Invocation> {
+        None
+    }
+
+    /// The process that reaches the target and changes nothing (a listing of its top
+    /// directory), for the start's check that it takes syncer at all, if this transport has
+    /// one.
+    fn reach(&self) -> Option<Invocation> {
         None
     }
 

@@ -80,6 +80,39 @@ impl Transport for Rsync {
     fn drift(&self, out: &[u8]) -> Vec<Change> {
         drift(out)
     }
+
+    fn reach(&self) -> Option<Invocation> {
+        if matches!(self.target.kind, super::TargetKind::Local(_)) {
+            return None;
+        }
+        Some(Invocation {
+            program: self.opts.program.clone(),
+            args: reach_args(&self.opts, &self.target),
+            stdin: Vec::new(),
+        })
+    }
+}
+
+/// The argument vector of [`Transport::reach`]: a listing of the target's top directory
+/// alone (`.`, its entries excluded), with the same connection, password and extra
+/// arguments as every transfer.
+pub fn reach_args(opts: &RsyncOptions, target: &Target) -> Vec<OsString> {
+    let mut a: Vec<OsString> = ["--list-only", "--dirs", "--exclude=*"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    a.push(format!("--timeout={}", opts.io_timeout_s).into());
+    if target.is_daemon() {
+        a.push("--contimeout=10".into());
+    }
+    if let Some(pw) = &target.password_file {
+        let mut o = OsString::from("--password-file=");
+        o.push(pw);
+        a.push(o);
+    }
+    a.extend(opts.extra_args.iter().map(OsString::from));
+    a.push(target.rsync_dest().into());
+    a
 }
 
 /// rsync's reason, for the log: its first specific complaint (`@ERROR: ...`, `rsync: ...`:
@@ -134,64 +167,6 @@ pub fn refusal(stderr: &str) -> Option<&'static str> {
     .iter()
     .find(|(m, _)| stderr.contains(m))
     .map(|(_, why)| *why)
-}
-
-/// What an rsync daemon answers when asked for a module, without authenticating.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModuleAnswer {
-    /// The module is there (open, or asking for a password).
-    Serves,
-    /// The daemon refused (`@ERROR: ...`, e.g. an unknown module).
-    Refuses(String),
-}
-
-/// Greets the rsync daemon at `host:port` the way rsync does (`@RSYNCD:` versions, then the
-/// module's name) and says whether it serves `module`; an error when it cannot be reached
-/// or speaks no rsync (the target may be down for now: not a configuration error).
-pub fn greet_module(
-    host: &str,
-    port: u16,
-    module: &str,
-    timeout: std::time::Duration,
-) -> std::io::Result<ModuleAnswer> {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::ToSocketAddrs;
-    let addr = (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
-    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if !line.starts_with("@RSYNCD: ") {
-        return Err(std::io::Error::other(format!(
-            "not an rsync daemon (it said {:?})",
-            line.trim_end()
-        )));
-    }
-    // Protocol 30: every daemon since rsync 3.0 speaks it, and it needs no digest list.
-    let mut w = &stream;
-    write!(w, "@RSYNCD: 30.0\n{module}\n")?;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::other("the daemon closed the connection"));
-        }
-        let l = line.trim_end();
-        if l == "@RSYNCD: OK" || l.starts_with("@RSYNCD: AUTHREQD") {
-            return Ok(ModuleAnswer::Serves);
-        }
-        if l.starts_with("@ERROR") {
-            return Ok(ModuleAnswer::Refuses(l.to_string()));
-        }
-        if l == "@RSYNCD: EXIT" {
-            return Ok(ModuleAnswer::Refuses("the daemon ended the session".into()));
-        }
-        // The daemon's message of the day comes first, line by line.
-    }
 }
 
 /// Whether a plain batch writes entries directly in the source root. rsync writes a file by

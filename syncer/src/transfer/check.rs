@@ -1,5 +1,5 @@
-//! The periodic verify's contents check of one target: the transport's dry run comparing
-//! contents (run through the shard's [`run_check`], the only place that spawns), and what it
+//! The start's reach of a target (does it take syncer at all), and the periodic verify's
+//! contents check of one target: the transport's dry run comparing contents (run through the shard's [`run_check`], the only place that spawns), and what it
 //! reports queued in the target's map as changes, which the pool then sends like any other.
 //! Nothing is trusted to the report but "look at this path again": a queued path is sent as
 //! the source holds it when its transfer runs, so a difference that was only a transfer in
@@ -22,6 +22,19 @@ pub enum CheckError {
         code: Option<i32>,
         reason: String,
     },
+}
+
+/// Runs `transport`'s reach (see [`Transport::reach`]), at most `within`: `None` when it has
+/// none, else its exit code (`None`: killed, or out of time) and stderr.
+pub async fn reach(
+    transport: &dyn Transport,
+    within: std::time::Duration,
+) -> Option<(Option<i32>, String)> {
+    let inv = transport.reach()?;
+    match tokio::time::timeout(within, run_check(inv, None)).await {
+        Ok((code, _, stderr)) => Some((code.ok().flatten(), stderr)),
+        Err(_) => Some((None, format!("no answer within {} s", within.as_secs()))),
+    }
 }
 
 /// Runs the contents check of `transport` and queues what differs in `map`; how many entries
