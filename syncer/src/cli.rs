@@ -29,6 +29,7 @@ pub fn parse() -> Result<Command, ConfigError> {
                 initial_sync: a.no_initial_sync.then_some(false),
                 delay_ms: a.delay,
                 control_socket: a.control_socket,
+                metrics_listen: a.metrics_listen,
                 ..Settings::default()
             };
             settings(a.common, extra).map(Command::Run)
@@ -217,6 +218,10 @@ struct RunArgs {
     /// /run/syncer/control.sock).
     #[arg(long, env = "SYNCER_CONTROL_SOCKET")]
     control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; e.g.
+    /// 127.0.0.1:9725).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
 }
 
 fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> {

@@ -288,3 +288,119 @@ fn a_target_that_refuses_syncer_is_told_apart_from_one_that_is_down() {
     });
     syncer.stop();
 }
+
+/// Scrapes `http://addr/metrics`; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    body.to_string()
+}
+
+/// The samples of an OpenMetrics text as a real parser reads them (Debian's
+/// python3-prometheus-client, its strict OpenMetrics parser): `name{labels} value` lines.
+fn parse_metrics(text: &str, scratch: &Path) -> Vec<String> {
+    let file = scratch.join("scrape.txt");
+    write_file(&file, text.as_bytes());
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+        \x20       print(f'{s.name}{{{labels}}} {s.value}')\n";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .expect("run /usr/bin/python3 (Debian's python3 with python3-prometheus-client)");
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refuses the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn sample(samples: &[String], prefix: &str) -> f64 {
+    samples
+        .iter()
+        .find_map(|s| s.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {prefix}: {samples:#?}"))
+}
+
+#[test]
+fn metrics_scrapes_parse_and_move_with_replication() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(30));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut syncer = rig.spawn(SourceKind::Fanotify, &["--metrics-listen", &addr]);
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    rig.assert_converges(&mut syncer);
+    let daemon = "target=127.0.0.1/mod}";
+    let before = parse_metrics(&scrape(&addr), rig.scratch());
+    let sent = |s: &[String]| sample(s, &format!("syncer_paths_sent_total{{{daemon}"));
+    let sent_before = sent(&before);
+    assert_eq!(
+        sample(
+            &before,
+            &format!("syncer_target_state{{state=live,{daemon}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&before, &format!("syncer_target_pending{{{daemon}")),
+        0.0
+    );
+    assert!(sample(&before, "syncer_source_info{kind=fanotify}") == 1.0);
+
+    for i in 0..25 {
+        write_file(&src.join(format!("t/new-{i}")), b"counted");
+    }
+    rig.assert_converges(&mut syncer);
+    // The counters move once the batches are settled.
+    let t0 = Instant::now();
+    let after = loop {
+        let after = parse_metrics(&scrape(&addr), rig.scratch());
+        if sent(&after) >= sent_before + 25.0 {
+            break after;
+        }
+        assert!(
+            t0.elapsed() < MARKER_TIMEOUT,
+            "paths sent never moved by 25: {after:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(sample(&after, "syncer_source_events_total{}") > 0.0);
+    assert!(
+        sample(
+            &after,
+            &format!("syncer_rsync_exits_total{{code=0,{daemon}")
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &after,
+            &format!("syncer_batch_duration_seconds_count{{{daemon}")
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &after,
+            &format!("syncer_target_last_synced_timestamp_seconds{{{daemon}")
+        ) > 1.7e9
+    );
+    syncer.stop();
+}

@@ -75,6 +75,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // A real systemd as PID 1 of a container (the fd store scenario).
     ("systemd-nspawn", "systemd-container"),
     ("nsenter", "util-linux"),
+    // The OpenMetrics parser the metrics scenario checks scrapes with (Debian's python3's).
+    (
+        "/usr/lib/python3/dist-packages/prometheus_client/__init__.py",
+        "python3-prometheus-client",
+    ),
 ];
 
 /// What the bench runs besides syncer, and the Debian package of each.
@@ -86,7 +91,11 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
     ("inotifywait", "inotify-tools"),
 ];
 
+/// Whether `program` is on the PATH (or, given as an absolute path, exists).
 fn have(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(std::process::Stdio::null())

@@ -13,6 +13,7 @@ use crate::change::{Change, ChangeSink, WatchClock};
 use crate::ops::control::{
     Checkpoint, CheckpointTarget, FailureEntry, Pipeline, SourceStatus, Status, TargetStatus,
 };
+use crate::ops::metrics::{Snapshot, TargetMetrics};
 use crate::queue::DedupMap;
 use crate::source::SourceStats;
 use crate::state::TargetState;
@@ -35,6 +36,8 @@ pub struct Live {
     /// The source's kind and counters; `None` while it is opened again.
     source: Mutex<Option<(String, Arc<SourceStats>)>>,
     targets: Vec<LiveTarget>,
+    /// The targets' labels in metrics (short names, not URLs).
+    labels: Vec<String>,
     sink: Arc<dyn ChangeSink>,
     caught_up: Arc<WatchClock>,
     /// By id (wall-clock ms): when it was taken, and the first moment the source was seen to
@@ -50,10 +53,12 @@ impl Live {
         sink: Arc<dyn ChangeSink>,
         caught_up: Arc<WatchClock>,
     ) -> Live {
+        let ids: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         Live {
             started: Instant::now(),
             root,
             source: Mutex::new(None),
+            labels: crate::ops::metrics::short_names(&ids),
             targets,
             sink,
             caught_up,
@@ -156,6 +161,70 @@ impl Pipeline for Live {
             uptime_s: self.started.elapsed().as_secs(),
             source,
             targets,
+        }
+    }
+
+    fn metrics(&self) -> Snapshot {
+        let now = Instant::now();
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (kind, s) = match &source {
+            Some((kind, s)) => (kind.clone(), Some(s)),
+            None => ("restarting".to_string(), None),
+        };
+        let get = |f: fn(&SourceStats) -> &std::sync::atomic::AtomicU64| {
+            s.map_or(0, |s| f(s).load(Ordering::Relaxed))
+        };
+        Snapshot {
+            source_kind: kind,
+            events: get(|s| &s.events),
+            rescans: get(|s| &s.rescans),
+            lost: get(|s| &s.lost),
+            stale: get(|s| &s.stale),
+            targets: self
+                .targets
+                .iter()
+                .zip(&self.labels)
+                .map(|(t, label)| {
+                    let s = &t.stats;
+                    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                    let mut buckets: Vec<(f64, u64)> = crate::transfer::BATCH_SECONDS
+                        .iter()
+                        .copied()
+                        .chain([f64::MAX])
+                        .zip(s.batch_buckets.iter().map(load))
+                        .collect();
+                    buckets.shrink_to_fit();
+                    TargetMetrics {
+                        name: label.clone(),
+                        state: Live::state_of(t).into(),
+                        pending: t.map.len() as u64,
+                        oldest_pending_seconds: t
+                            .map
+                            .oldest()
+                            .map_or(0.0, |o| now.saturating_duration_since(o).as_secs_f64()),
+                        last_synced_timestamp_seconds: load(&s.last_synced_ms) as f64 / 1000.0,
+                        batches_ok: load(&s.batches_ok),
+                        batches_failed: load(&s.failed_batches),
+                        paths_sent: load(&s.paths_done),
+                        paths_dropped: load(&s.dropped),
+                        rsync_runs: load(&s.rsync_spawned),
+                        failing_paths: load(&s.failed_paths),
+                        exits: s
+                            .exits
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .map(|(c, n)| (*c, *n))
+                            .collect(),
+                        batch_buckets: buckets,
+                        batch_seconds_sum: load(&s.batch_micros) as f64 / 1e6,
+                    }
+                })
+                .collect(),
         }
     }
 

@@ -66,6 +66,16 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         signal(SignalKind::interrupt()).map_err(|e| RunError::io("install SIGINT handler", e))?;
 
     super::preflight::check_targets(&cfg).await?;
+    // Bound before anything starts: an address that cannot be had is the operator's to fix.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(crate::ops::metrics::bind(addr).await.map_err(|e| {
+            RunError::io(
+                format!("listen for metrics on {addr} (--metrics-listen)"),
+                e,
+            )
+        })?),
+        None => None,
+    };
     let shutdown = Shutdown::new();
     let scfg = SourceConfig {
         root: cfg.source.clone(),
@@ -122,6 +132,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // Its own stop: status answers through the drain too.
     let control_stop = Shutdown::new();
     let control = start_control(&cfg, &live, &control_stop);
+    let metrics = metrics_listener.map(|listener| {
+        info!(addr = ?cfg.metrics_listen, "metrics served at /metrics");
+        let pipeline: Arc<dyn control::Pipeline> = live.clone();
+        tokio::spawn(crate::ops::metrics::serve(
+            listener,
+            pipeline,
+            control_stop.clone(),
+        ))
+    });
     // Tests hold the start here (`FAILPOINTS=service-ready=sleep(3000)`): the unit must not
     // be active before READY.
     fail::fail_point!("service-ready");
@@ -195,8 +214,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     shutdown.trigger();
     let drained = drain(pools, &planned, &mut service, cfg.drain_timeout).await;
     control_stop.trigger();
-    if let Some(c) = control {
-        let _ = c.await;
+    for task in [control, metrics].into_iter().flatten() {
+        let _ = task.await;
     }
     drop(planned);
     drop(state);

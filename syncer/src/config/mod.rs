@@ -61,6 +61,8 @@ pub struct Config {
     pub verify_checksum: bool,
     /// Where `syncer status` and the other client commands reach the daemon.
     pub control_socket: PathBuf,
+    /// Where Prometheus metrics are served (`/metrics`); off when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Settings as read from the command line or the config file, before merging and validation.
@@ -86,6 +88,7 @@ pub struct Settings {
     pub verify_interval_s: Option<u64>,
     pub verify_checksum: Option<bool>,
     pub control_socket: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
     /// Command line only.
     #[serde(skip)]
     pub full_resync: Option<bool>,
@@ -139,6 +142,7 @@ impl Settings {
             verify_interval_s: self.verify_interval_s.or(lower.verify_interval_s),
             verify_checksum: self.verify_checksum.or(lower.verify_checksum),
             control_socket: self.control_socket.or(lower.control_socket),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             full_resync: self.full_resync.or(lower.full_resync),
         }
     }
@@ -190,7 +194,15 @@ impl Settings {
                 "is part of the periodic verify: set verify_interval_s too".into(),
             );
         }
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|e| ConfigError::Invalid {
+                flag: "--metrics-listen (metrics_listen)",
+                msg: format!("{a:?} is not ADDR:PORT ({e}); e.g. 127.0.0.1:9725"),
+            })?),
+        };
         Ok(Config {
+            metrics_listen,
             source,
             targets,
             source_kind: self.source_kind.unwrap_or(SourceKind::Auto),

@@ -110,6 +110,8 @@ pub trait Pipeline: Send + Sync {
     /// Starts a checkpoint now; its id.
     fn checkpoint(&self) -> u64;
     fn checkpoint_state(&self, id: u64) -> Result<Checkpoint, String>;
+    /// The numbers a metrics scrape shows.
+    fn metrics(&self) -> super::metrics::Snapshot;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +194,11 @@ pub async fn serve(listener: Listener, pipeline: Arc<dyn Pipeline>, shutdown: Sh
             Ok((stream, _)) => {
                 let p = pipeline.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, p).await {
+                    let route = move |m: &str, t: &str| {
+                        let (code, body) = route(&*p, m, t);
+                        (code, JSON, body)
+                    };
+                    if let Err(e) = answer(stream, route).await {
                         debug!("control connection: {e}");
                     }
                 });
@@ -205,10 +211,13 @@ pub async fn serve(listener: Listener, pipeline: Arc<dyn Pipeline>, shutdown: Sh
     }
 }
 
-async fn answer(
-    mut stream: tokio::net::UnixStream,
-    pipeline: Arc<dyn Pipeline>,
-) -> std::io::Result<()> {
+/// Reads one request head from `stream`, answers it with `route(method, target)` (run off the
+/// runtime's threads: answers may scan the maps) and closes.
+pub async fn answer<S, R>(mut stream: S, route: R) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    R: FnOnce(&str, &str) -> (u16, &'static str, String) + Send + 'static,
+{
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -230,11 +239,10 @@ async fn answer(
         .to_string();
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    // The pipeline's answers may scan the maps: off the runtime's threads.
     let (method, target) = (method.to_string(), target.to_string());
-    let (code, body) = tokio::task::spawn_blocking(move || route(&*pipeline, &method, &target))
+    let (code, kind, body) = tokio::task::spawn_blocking(move || route(&method, &target))
         .await
-        .unwrap_or_else(|e| (500, error_body(&format!("the handler failed: {e}"))));
+        .unwrap_or_else(|e| (500, JSON, error_body(&format!("the handler failed: {e}"))));
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -243,12 +251,15 @@ async fn answer(
         _ => "Internal Server Error",
     };
     let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+/// The content type of every control answer.
+pub const JSON: &str = "application/json";
 
 fn error_body(why: &str) -> String {
     serde_json::json!({ "error": why }).to_string()
@@ -442,6 +453,9 @@ mod tests {
         }
         fn checkpoint_state(&self, id: u64) -> Result<Checkpoint, String> {
             Err(format!("no checkpoint {id}"))
+        }
+        fn metrics(&self) -> crate::ops::metrics::Snapshot {
+            Default::default()
         }
     }
 

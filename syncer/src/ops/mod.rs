@@ -5,4 +5,5 @@
 //! which the supervisor implements; depends on no other layer (only the `shutdown` leaf).
 
 pub mod control;
+pub mod metrics;
 pub mod notify;

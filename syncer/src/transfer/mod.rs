@@ -40,7 +40,10 @@ use crate::target::{BatchKind, Target, Transport};
 /// Counters of one target's pool.
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    /// Batches handed to a shard.
     pub batches: AtomicU64,
+    /// Batches that succeeded.
+    pub batches_ok: AtomicU64,
     pub paths_done: AtomicU64,
     pub rsync_spawned: AtomicU64,
     pub failed_batches: AtomicU64,
@@ -66,9 +69,40 @@ pub struct PoolStats {
     pub refused: std::sync::atomic::AtomicBool,
     /// The last failure's reason, as rsync said it (empty: none since the last success).
     pub last_error: std::sync::Mutex<String>,
+    /// rsync's exit codes so far, by code (-1: killed by a signal, or could not run).
+    pub exits: std::sync::Mutex<std::collections::BTreeMap<i32, u64>>,
+    /// How long batches took: counts per bucket of [`BATCH_SECONDS`] (the last: above them).
+    pub batch_buckets: [AtomicU64; BATCH_SECONDS.len() + 1],
+    pub batch_micros: AtomicU64,
 }
 
+/// The upper bounds of the batch-duration buckets (seconds).
+pub const BATCH_SECONDS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 impl PoolStats {
+    /// One rsync run ended (`code`: its exit code; `None`: a signal; `Err`: it could not run).
+    pub fn record_run(&self, code: Result<Option<i32>, ()>, took: Duration) {
+        let code = code.ok().flatten().unwrap_or(-1);
+        *self
+            .exits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+        let secs = took.as_secs_f64();
+        let bucket = BATCH_SECONDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BATCH_SECONDS.len());
+        self.batch_buckets[bucket].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batch_micros.fetch_add(
+            took.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Records the reason of a failure (`None`: a success clears it).
     pub fn set_error(&self, why: Option<&str>) {
         let mut e = self

@@ -63,6 +63,7 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
         if code.is_ok() {
             ctx.stats.rsync_spawned.fetch_add(1, Ordering::Relaxed);
         }
+        ctx.stats.record_run(code, start.elapsed());
         let outcome = match code {
             Ok(code) => ctx.transport.outcome(code),
             Err(()) => Outcome::Fatal,

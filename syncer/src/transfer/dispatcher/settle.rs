@@ -39,6 +39,7 @@ impl Dispatcher {
         }
         self.last_progress = now;
         self.stats.paths_done.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.batches_ok.fetch_add(1, Ordering::Relaxed);
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -1,0 +1,400 @@
+//! Prometheus metrics (`prometheus-client`, OpenMetrics text), served at `/metrics` on
+//! `--metrics-listen ADDR:PORT` when asked for (off by default). Every scrape asks the
+//! supervisor for a [`Snapshot`] of the counters it already keeps and encodes it through a
+//! collector: nothing is counted twice, and nothing on the hot path knows about metrics.
+//!
+//! Names follow the conventions: base units, counters end in `_total`, times are
+//! `*_timestamp_seconds`; a target is labelled by its short name (`target="backup/mod"`:
+//! host and module, or the directory's name; never the URL, which may carry a user).
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// The states a target's `syncer_target_state` gauge names (one of them is 1).
+pub const STATES: [&str; 5] = ["initial sync", "live", "down", "refused", "paused"];
+
+/// One target's numbers at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct TargetMetrics {
+    /// The label: a short name, not a URL.
+    pub name: String,
+    /// One of [`STATES`].
+    pub state: String,
+    pub pending: u64,
+    pub oldest_pending_seconds: f64,
+    /// 0: never.
+    pub last_synced_timestamp_seconds: f64,
+    pub batches_ok: u64,
+    pub batches_failed: u64,
+    pub paths_sent: u64,
+    pub paths_dropped: u64,
+    pub rsync_runs: u64,
+    pub failing_paths: u64,
+    /// rsync exit codes and how often (-1: a signal, or it could not run).
+    pub exits: Vec<(i32, u64)>,
+    /// Batch durations: (upper bound in seconds, count in that bucket alone), the last bound
+    /// `f64::MAX` (encoded `+Inf`); their sum in seconds.
+    pub batch_buckets: Vec<(f64, u64)>,
+    pub batch_seconds_sum: f64,
+}
+
+/// The daemon's numbers at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub source_kind: String,
+    pub events: u64,
+    pub rescans: u64,
+    pub lost: u64,
+    pub stale: u64,
+    pub targets: Vec<TargetMetrics>,
+}
+
+#[derive(Debug)]
+struct Collect(Snapshot);
+
+fn target_label(t: &TargetMetrics) -> Vec<(&'static str, String)> {
+    vec![("target", t.name.clone())]
+}
+
+impl Collect {
+    fn counter(
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        v: u64,
+    ) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(v);
+        c.encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+    }
+
+    /// One family over the targets: `value` of each, with its label.
+    fn per_target<V: Fn(&TargetMetrics) -> f64>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        value: V,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
+        for t in &self.0.targets {
+            let labels = target_label(t);
+            let v = value(t);
+            match kind {
+                MetricType::Counter => {
+                    ConstCounter::new(v as u64).encode(m.encode_family(&labels)?)?
+                }
+                _ => ConstGauge::new(v).encode(m.encode_family(&labels)?)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Collect {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        {
+            let mut m = enc.encode_descriptor(
+                "syncer_source",
+                "The event source in use",
+                None,
+                MetricType::Info,
+            )?;
+            m.encode_info(&vec![("kind", s.source_kind.clone())])?;
+        }
+        Collect::counter(
+            &mut enc,
+            "syncer_source_events",
+            "Kernel records read",
+            s.events,
+        )?;
+        Collect::counter(
+            &mut enc,
+            "syncer_source_rescans",
+            "Overflows and other losses, each answered with a rescan",
+            s.rescans,
+        )?;
+        Collect::counter(
+            &mut enc,
+            "syncer_source_lost",
+            "Records the kernel could not deliver",
+            s.lost,
+        )?;
+        Collect::counter(
+            &mut enc,
+            "syncer_source_stale",
+            "Records dropped because their directory was already gone",
+            s.stale,
+        )?;
+        use MetricType::{Counter, Gauge};
+        self.per_target(
+            &mut enc,
+            "syncer_target_pending",
+            "Paths queued or in flight",
+            Gauge,
+            |t| t.pending as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_target_oldest_pending_seconds",
+            "Age of the oldest change still owed a transfer (0: none)",
+            Gauge,
+            |t| t.oldest_pending_seconds,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_target_last_synced_timestamp_seconds",
+            "When a batch last succeeded (0: never)",
+            Gauge,
+            |t| t.last_synced_timestamp_seconds,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_target_failing_paths",
+            "Paths that keep failing",
+            Gauge,
+            |t| t.failing_paths as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_target_initial_sync",
+            "1 while the start-up pass runs",
+            Gauge,
+            |t| f64::from(u8::from(t.state == "initial sync")),
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_paths_sent",
+            "Paths replicated",
+            Counter,
+            |t| t.paths_sent as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_paths_dropped",
+            "Paths that needed no transfer (below a directory replaced by a file)",
+            Counter,
+            |t| t.paths_dropped as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_rsync_runs",
+            "rsync processes run",
+            Counter,
+            |t| t.rsync_runs as f64,
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "syncer_target_state",
+                "The target's state (1 for the current one)",
+                None,
+                Gauge,
+            )?;
+            for t in &s.targets {
+                for st in STATES {
+                    let labels = vec![("target", t.name.clone()), ("state", st.to_string())];
+                    ConstGauge::new(i64::from(t.state == st)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m =
+                enc.encode_descriptor("syncer_batches", "Batches by result", None, Counter)?;
+            for t in &s.targets {
+                for (result, v) in [("ok", t.batches_ok), ("failed", t.batches_failed)] {
+                    let labels = vec![("target", t.name.clone()), ("result", result.to_string())];
+                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "syncer_rsync_exits",
+                "rsync exit codes (-1: a signal, or it could not run)",
+                None,
+                Counter,
+            )?;
+            for t in &s.targets {
+                for (code, v) in &t.exits {
+                    let labels = vec![("target", t.name.clone()), ("code", code.to_string())];
+                    ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "syncer_batch_duration_seconds",
+                "How long rsync runs took",
+                None,
+                MetricType::Histogram,
+            )?;
+            for t in &s.targets {
+                let count = t.batch_buckets.iter().map(|(_, c)| c).sum();
+                m.encode_family(&target_label(t))?.encode_histogram::<()>(
+                    t.batch_seconds_sum,
+                    count,
+                    &t.batch_buckets,
+                    None,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The OpenMetrics text of `snapshot`.
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Collect(snapshot)));
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &registry) {
+        Ok(()) => out,
+        Err(e) => format!("# the metrics could not be encoded: {e}\n"),
+    }
+}
+
+/// Binds the metrics listener at `addr` (loopback in the examples: the numbers are not
+/// secret, but not everyone's either).
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    pipeline: Arc<dyn super::control::Pipeline>,
+    stop: crate::shutdown::Shutdown,
+) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = stop.wait() => return,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let p = pipeline.clone();
+                tokio::spawn(async move {
+                    let route = move |method: &str, target: &str| match (method, target) {
+                        ("GET", "/metrics") => (
+                            200,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            render(p.metrics()),
+                        ),
+                        _ => (404, "text/plain", "only GET /metrics here\n".to_string()),
+                    };
+                    let _ = super::control::answer(stream, route).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Short names for targets, from what identifies each (`host/module`, `host:dir`, the
+/// directory's name), made unique with `-2`, `-3`...: for labels, where a URL (which may
+/// carry a user) does not belong.
+pub fn short_names(ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let base = short_name(id);
+        let mut name = base.clone();
+        let mut n = 2;
+        while out.contains(&name) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        out.push(name);
+    }
+    out
+}
+
+fn short_name(id: &str) -> String {
+    let trimmed = id.trim_end_matches('/');
+    if let Some(rest) = trimmed.strip_prefix("rsync://") {
+        let mut parts = rest.splitn(3, '/');
+        let host = parts.next().unwrap_or_default();
+        let host = host.rsplit('@').next().unwrap_or(host);
+        let host = host.split(':').next().unwrap_or(host);
+        let module = parts.next().unwrap_or_default();
+        return format!("{host}/{module}");
+    }
+    if let Some((host, path)) = trimmed.split_once(':').filter(|(h, _)| !h.contains('/')) {
+        let host = host.rsplit('@').next().unwrap_or(host);
+        let dir = path.rsplit('/').next().unwrap_or(path);
+        return format!("{host}:{dir}");
+    }
+    trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_labels_are_short_names() {
+        let ids: Vec<String> = [
+            "rsync://backup@host.example:873/export/sub/",
+            "rsync://host.example/export",
+            "root@mirror:/srv/backup",
+            "/mnt/backup/data",
+            "/other/data/",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            short_names(&ids),
+            [
+                "host.example/export",
+                "host.example/export-2",
+                "mirror:backup",
+                "data",
+                "data-2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scrape_is_well_formed() {
+        let text = render(Snapshot {
+            source_kind: "fanotify".into(),
+            events: 10,
+            targets: vec![TargetMetrics {
+                name: "host/mod".into(),
+                state: "live".into(),
+                pending: 3,
+                paths_sent: 7,
+                exits: vec![(0, 5), (23, 1)],
+                batch_buckets: vec![(0.1, 4), (1.0, 2), (f64::MAX, 0)],
+                batch_seconds_sum: 1.5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        for want in [
+            "# TYPE syncer_source_events counter",
+            "syncer_source_events_total 10",
+            "syncer_target_pending{target=\"host/mod\"} 3",
+            "syncer_paths_sent_total{target=\"host/mod\"} 7",
+            "syncer_target_state{target=\"host/mod\",state=\"live\"} 1",
+            "syncer_target_state{target=\"host/mod\",state=\"down\"} 0",
+            "syncer_rsync_exits_total{target=\"host/mod\",code=\"23\"} 1",
+            "syncer_batch_duration_seconds_bucket{le=\"1.0\",target=\"host/mod\"} 6",
+            "syncer_batch_duration_seconds_count{target=\"host/mod\"} 6",
+            "syncer_batch_duration_seconds_bucket{le=\"+Inf\",target=\"host/mod\"} 6",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} in:\n{text}");
+        }
+    }
+}
