@@ -126,7 +126,8 @@ fn the_client_commands_against_a_running_syncer() {
         "a paused target received a change"
     );
     let s = status(&socket);
-    assert_eq!(target(&s, 1)["name"], local.as_str(), "{s:#}");
+    assert_eq!(target(&s, 1)["url"], local.as_str(), "{s:#}");
+    assert_eq!(target(&s, 1)["name"], "local-target", "{s:#}");
     assert_eq!(target(&s, 1)["state"], "paused", "{s:#}");
     assert!(target(&s, 1)["pending"].as_u64() >= Some(1), "{s:#}");
     let (code, out, _) = client(&socket, &["status", "--check", "--max-lag", "600"]);
@@ -135,7 +136,7 @@ fn the_client_commands_against_a_running_syncer() {
         "a paused target fails the check: {out}"
     );
     let (code, _, err) = client(&socket, &["resume", &local]);
-    assert_eq!(code, 0, "resume by name: {err}");
+    assert_eq!(code, 0, "resume by URL: {err}");
     rig.assert_converges(&mut syncer);
 
     // Drift behind syncer's back, repaired by a rescan of its directory.
@@ -402,5 +403,47 @@ fn metrics_scrapes_parse_and_move_with_replication() {
             &format!("syncer_target_last_synced_timestamp_seconds{{{daemon}")
         ) > 1.7e9
     );
+    syncer.stop();
+}
+
+/// Targets as `[[target]]` tables, each with its own name and settings: status and pause know
+/// them by name, and both replicate.
+#[test]
+fn targets_from_tables_have_their_names_and_settings() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(40));
+    let config = rig.write_config(
+        "tables.toml",
+        &format!(
+            "source = {src:?}\nsource_kind = \"fanotify\"\n\n\
+             [[target]]\nname = \"primary\"\nurl = {daemon:?}\nshards = 1\ndelay_ms = 20\n\n\
+             [[target]]\nname = \"copy\"\nurl = {local:?}\ndelay_ms = 300\nrsync_args = [\"--checksum\"]\n",
+            src = src.display().to_string(),
+            daemon = rig.daemon.url(),
+            local = rig.target_dirs()[1].display().to_string(),
+        ),
+    );
+    let mut syncer = Syncer::spawn([
+        "run".into(),
+        "--config".into(),
+        config.into_os_string(),
+        "--state-dir".into(),
+        rig.state_dir().into_os_string(),
+        "--control-socket".into(),
+        rig.control_socket().into_os_string(),
+    ] as [std::ffi::OsString; 7]);
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    rig.assert_converges(&mut syncer);
+    let s = status(&rig.control_socket());
+    assert_eq!(target(&s, 0)["name"], "primary", "{s:#}");
+    assert_eq!(target(&s, 1)["name"], "copy", "{s:#}");
+    let (code, out, err) = client(&rig.control_socket(), &["pause", "copy"]);
+    assert!(code == 0 && out.contains("copy: paused"), "{out}{err}");
+    write_file(&src.join("t/only-primary-now"), b"x");
+    assert_converges(src, rig.target_dirs()[0], CONVERGE_TIMEOUT);
+    assert!(!rig.target_dirs()[1].join("t/only-primary-now").exists());
+    client(&rig.control_socket(), &["resume", "copy"]);
+    rig.assert_converges(&mut syncer);
     syncer.stop();
 }

@@ -212,6 +212,7 @@ mod tests {
     fn target(name: &str, state: &str, oldest: Option<f64>) -> TargetStatus {
         TargetStatus {
             name: name.into(),
+            url: format!("/{name}"),
             state: state.into(),
             pending: 4,
             oldest_pending_s: oldest,

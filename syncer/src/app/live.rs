@@ -21,7 +21,10 @@ use crate::transfer::PoolStats;
 
 /// One target's handles.
 pub struct LiveTarget {
+    /// Its name (see [`crate::target::Target::name`]).
     pub name: String,
+    /// Its URL or directory, as configured.
+    pub url: String,
     pub stats: Arc<PoolStats>,
     pub map: Arc<DedupMap>,
     pub state: Arc<TargetState>,
@@ -36,8 +39,6 @@ pub struct Live {
     /// The source's kind and counters; `None` while it is opened again.
     source: Mutex<Option<(String, Arc<SourceStats>)>>,
     targets: Vec<LiveTarget>,
-    /// The targets' labels in metrics (short names, not URLs).
-    labels: Vec<String>,
     sink: Arc<dyn ChangeSink>,
     caught_up: Arc<WatchClock>,
     /// By id (wall-clock ms): when it was taken, and the first moment the source was seen to
@@ -53,12 +54,10 @@ impl Live {
         sink: Arc<dyn ChangeSink>,
         caught_up: Arc<WatchClock>,
     ) -> Live {
-        let ids: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         Live {
             started: Instant::now(),
             root,
             source: Mutex::new(None),
-            labels: crate::ops::metrics::short_names(&ids),
             targets,
             sink,
             caught_up,
@@ -72,7 +71,11 @@ impl Live {
     }
 
     fn find(&self, target: &str) -> Result<&LiveTarget, String> {
-        if let Some(t) = self.targets.iter().find(|t| t.name == target) {
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| t.name == target || t.url == target)
+        {
             return Ok(t);
         }
         if let Some(t) = target
@@ -139,6 +142,7 @@ impl Pipeline for Live {
                 let last = s.last_synced_ms.load(Ordering::Relaxed);
                 TargetStatus {
                     name: t.name.clone(),
+                    url: t.url.clone(),
                     state: Live::state_of(t).into(),
                     pending: t.map.len() as u64,
                     oldest_pending_s: t
@@ -187,8 +191,7 @@ impl Pipeline for Live {
             targets: self
                 .targets
                 .iter()
-                .zip(&self.labels)
-                .map(|(t, label)| {
+                .map(|t| {
                     let s = &t.stats;
                     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
                     let mut buckets: Vec<(f64, u64)> = crate::transfer::BATCH_SECONDS
@@ -199,7 +202,7 @@ impl Pipeline for Live {
                         .collect();
                     buckets.shrink_to_fit();
                     TargetMetrics {
-                        name: label.clone(),
+                        name: t.name.clone(),
                         state: Live::state_of(t).into(),
                         pending: t.map.len() as u64,
                         oldest_pending_seconds: t

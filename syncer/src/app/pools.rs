@@ -62,7 +62,7 @@ impl Pools {
                 map: map.clone(),
                 cfg: PoolConfig {
                     source: cfg.source.clone(),
-                    shards: cfg.shards,
+                    shards: target.shards.unwrap_or(cfg.shards),
                     batch_max: cfg.batch_max,
                     can_probe: target.probe_addr().is_some(),
                     drain_timeout: cfg.drain_timeout,
@@ -85,7 +85,7 @@ impl Pools {
                 .spawn(async move { (i, transfer::run(pool, shutdown).await) });
             p.initial.push(rx);
             p.stats.push(stats);
-            p.names.push(target.display.clone());
+            p.names.push(target.name.clone());
         }
         p
     }

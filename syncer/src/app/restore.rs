@@ -103,7 +103,10 @@ pub fn open(
     let mut planned = Vec::with_capacity(cfg.targets.len());
     for target in &cfg.targets {
         let ts = state.target(&target.display)?;
-        let map = Arc::new(DedupMap::with_journal(cfg.delay, ts.clone()));
+        let map = Arc::new(DedupMap::with_journal(
+            target.delay.unwrap_or(cfg.delay),
+            ts.clone(),
+        ));
         let pending = match ts.pending() {
             Ok(p) => p,
             Err(e) => {

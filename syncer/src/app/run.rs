@@ -116,7 +116,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             .zip(&planned)
             .zip(&pools.stats)
             .map(|((t, p), s)| LiveTarget {
-                name: t.display.clone(),
+                name: t.name.clone(),
+                url: t.display.clone(),
                 stats: s.clone(),
                 map: p.map.clone(),
                 state: p.state.clone(),

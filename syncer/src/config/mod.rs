@@ -72,6 +72,9 @@ pub struct Config {
 pub struct Settings {
     pub source: Option<PathBuf>,
     pub targets: Option<Vec<String>>,
+    /// `[[target]]` tables: one target each, with its own settings.
+    #[serde(rename = "target")]
+    pub target_tables: Option<Vec<TargetTable>>,
     pub source_kind: Option<SourceKind>,
     pub initial_sync: Option<bool>,
     pub delay_ms: Option<u64>,
@@ -92,6 +95,21 @@ pub struct Settings {
     /// Command line only.
     #[serde(skip)]
     pub full_resync: Option<bool>,
+}
+
+/// One `[[target]]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTable {
+    /// What status, logs and metrics call it (default: a short name from the URL).
+    pub name: Option<String>,
+    /// A local directory, `rsync://[user@]host[:port]/module[/path]` or `[user@]host:path`.
+    pub url: String,
+    pub shards: Option<usize>,
+    pub delay_ms: Option<u64>,
+    pub password_file: Option<PathBuf>,
+    /// After the global `rsync_args` (e.g. `["-e", "ssh -p 2222 -i /etc/syncer/id"]`).
+    pub rsync_args: Option<Vec<String>>,
 }
 
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(50);
@@ -125,6 +143,12 @@ impl Settings {
     pub fn over(self, lower: Settings) -> Settings {
         Settings {
             source: self.source.or(lower.source),
+            // Targets from the command line replace the file's, tables and all.
+            target_tables: if self.targets.is_some() {
+                None
+            } else {
+                self.target_tables.or(lower.target_tables)
+            },
             targets: self.targets.or(lower.targets),
             source_kind: self.source_kind.or(lower.source_kind),
             initial_sync: self.initial_sync.or(lower.initial_sync),
@@ -150,11 +174,33 @@ impl Settings {
     /// Validates and resolves the settings into a [`Config`].
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let source = valid_source(self.source.as_deref())?;
-        let targets = valid_targets(
-            &source,
-            self.targets.as_deref().unwrap_or_default(),
-            self.password_file.as_deref(),
-        )?;
+        let targets =
+            match (&self.targets, &self.target_tables) {
+                (Some(_), Some(_)) => return Err(ConfigError::Invalid {
+                    flag: "targets",
+                    msg:
+                        "give targets either as `targets = [...]` or as [[target]] tables, not both"
+                            .into(),
+                }),
+                (_, Some(tables)) => table_targets(&source, tables, self.password_file.as_deref())?,
+                (t, None) => {
+                    let mut targets = valid_targets(
+                        &source,
+                        t.as_deref().unwrap_or_default(),
+                        self.password_file.as_deref(),
+                    )?;
+                    // Short names made unique: `data`, `data-2`.
+                    for i in 0..targets.len() {
+                        let base = targets[i].name.clone();
+                        let mut n = 2;
+                        while targets[..i].iter().any(|o| o.name == targets[i].name) {
+                            targets[i].name = format!("{base}-{n}");
+                            n += 1;
+                        }
+                    }
+                    targets
+                }
+            };
         let state_dir = valid_state_dir(self.state_dir, &source)?;
         let invalid = |flag, msg: String| Err(ConfigError::Invalid { flag, msg });
         let delay =
@@ -345,6 +391,73 @@ fn check_password_file(pw: &Path, as_root: bool) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The targets of `[[target]]` tables, each with its settings; errors name the table
+/// (`target[2].url`) and key.
+fn table_targets(
+    source: &Path,
+    tables: &[TargetTable],
+    password_file: Option<&Path>,
+) -> Result<Vec<Target>, ConfigError> {
+    let mut out: Vec<Target> = Vec::with_capacity(tables.len());
+    for (i, t) in tables.iter().enumerate() {
+        let key = |k: &str| format!("#{} ({}) {k}", i + 1, t.name.as_deref().unwrap_or(&t.url));
+        let invalid = |k: &str, msg: String| ConfigError::Invalid {
+            flag: "[[target]]",
+            msg: format!("{}: {msg}", key(k)),
+        };
+        let pw = t.password_file.as_deref().or(password_file);
+        if let Some(pw) = t.password_file.as_deref() {
+            check_password_file(pw, nix::unistd::geteuid().is_root())
+                .map_err(|e| invalid("password_file", e.to_string()))?;
+        }
+        let mut target = valid_targets(source, std::slice::from_ref(&t.url), pw)
+            .map_err(|e| invalid("url", e.to_string()))?
+            .remove(0);
+        if let Some(name) = &t.name {
+            if name.is_empty() || name.chars().any(|c| c.is_control()) {
+                return Err(invalid("name", format!("{name:?} is not a usable name")));
+            }
+            target.name = name.clone();
+        }
+        if out.iter().any(|o| o.display == target.display) {
+            return Err(invalid("url", "is another target's too".into()));
+        }
+        if out.iter().any(|o| o.name == target.name) {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} names another target too; give each its own `name`",
+                    target.name
+                ),
+            ));
+        }
+        if let Some(n) = t.shards {
+            if n == 0 || n > 256 {
+                return Err(invalid("shards", format!("{n} is out of range 1..=256")));
+            }
+        }
+        target.shards = t.shards;
+        if let Some(ms) = t.delay_ms {
+            if ms > 3_600_000 {
+                return Err(invalid(
+                    "delay_ms",
+                    "more than an hour; give milliseconds".into(),
+                ));
+            }
+            target.delay = Some(Duration::from_millis(ms));
+        }
+        target.rsync_args = t.rsync_args.clone().unwrap_or_default();
+        out.push(target);
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Invalid {
+            flag: "[[target]]",
+            msg: "at least one target is needed".into(),
+        });
+    }
+    Ok(out)
+}
+
 /// rsync waits on the network far more than on the CPU, so a few processes per core pay off.
 pub fn default_shards() -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -433,6 +546,58 @@ mod tests {
         // Owned by whoever runs the test: as root it is root's, else refused for root.
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(check_password_file(&pw, true).is_ok(), me_root);
+    }
+
+    #[test]
+    fn target_tables() {
+        let src = tempfile::tempdir().unwrap();
+        let base = format!("source = {:?}\n", src.path().display().to_string());
+        let config = |text: &str| {
+            Settings::from_toml(&format!("{base}{text}"), Path::new("/etc/syncer/s.toml"))
+                .and_then(Settings::into_config)
+        };
+        let c = config(
+            "[[target]]\nname = \"primary\"\nurl = \"rsync://b1.example/export\"\nshards = 3\ndelay_ms = 200\nrsync_args = [\"-H\"]\n\
+             [[target]]\nurl = \"/mnt/copy\"\n",
+        )
+        .unwrap();
+        let t = &c.targets;
+        assert_eq!(
+            (t[0].name.as_str(), t[0].shards, t[0].delay),
+            ("primary", Some(3), Some(Duration::from_millis(200)))
+        );
+        assert_eq!(t[0].rsync_args, ["-H"]);
+        assert_eq!(
+            (t[1].name.as_str(), t[1].shards, t[1].delay),
+            ("copy", None, None)
+        );
+        // The flat form names by the URL, made unique.
+        let c =
+            config("targets = [\"/a/data\", \"/b/data/\", \"rsync://u@h:873/m/sub\"]\n").unwrap();
+        let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["data", "data-2", "h/m"]);
+        // Mistakes, named with their table and key (or the file and line).
+        let cases = [
+            ("targets = [\"/x\"]\n[[target]]\nurl = \"/y\"\n", "not both"),
+            (
+                "[[target]]\nurl = \"/y\"\nshards = 0\n",
+                "#1 (/y) shards: 0 is out of range",
+            ),
+            (
+                "[[target]]\nname = \"a\"\nurl = \"/y\"\n[[target]]\nname = \"a\"\nurl = \"/z\"\n",
+                "#2 (a) name: \"a\" names another target",
+            ),
+            (
+                "[[target]]\nurl = \"/y\"\n[[target]]\nurl = \"/y\"\n",
+                "#2 (/y) url: is another target's",
+            ),
+            ("[[target]]\nurl = \"rsync://h/\"\n", "#1 (rsync://h/) url"),
+            ("[[target]]\nurl = \"/y\"\nshard = 2\n", "s.toml, line 4"),
+        ];
+        for (text, want) in cases {
+            let err = config(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

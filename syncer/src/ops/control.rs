@@ -47,6 +47,8 @@ pub struct SourceStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub name: String,
+    /// Its URL or directory, as configured.
+    pub url: String,
     /// `initial sync`, `live`, `down`, `refused` (down because it turns syncer away: a
     /// password, a module, a key) or `paused`.
     pub state: String,

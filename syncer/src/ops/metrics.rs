@@ -4,8 +4,8 @@
 //! collector: nothing is counted twice, and nothing on the hot path knows about metrics.
 //!
 //! Names follow the conventions: base units, counters end in `_total`, times are
-//! `*_timestamp_seconds`; a target is labelled by its short name (`target="backup/mod"`:
-//! host and module, or the directory's name; never the URL, which may carry a user).
+//! `*_timestamp_seconds`; a target is labelled by its name (the config's `name`, else a short
+//! name from the URL: `target="backup/mod"`; never the URL, which may carry a user).
 
 use std::sync::Arc;
 
@@ -300,69 +300,9 @@ pub async fn serve(
     }
 }
 
-/// Short names for targets, from what identifies each (`host/module`, `host:dir`, the
-/// directory's name), made unique with `-2`, `-3`...: for labels, where a URL (which may
-/// carry a user) does not belong.
-pub fn short_names(ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(ids.len());
-    for id in ids {
-        let base = short_name(id);
-        let mut name = base.clone();
-        let mut n = 2;
-        while out.contains(&name) {
-            name = format!("{base}-{n}");
-            n += 1;
-        }
-        out.push(name);
-    }
-    out
-}
-
-fn short_name(id: &str) -> String {
-    let trimmed = id.trim_end_matches('/');
-    if let Some(rest) = trimmed.strip_prefix("rsync://") {
-        let mut parts = rest.splitn(3, '/');
-        let host = parts.next().unwrap_or_default();
-        let host = host.rsplit('@').next().unwrap_or(host);
-        let host = host.split(':').next().unwrap_or(host);
-        let module = parts.next().unwrap_or_default();
-        return format!("{host}/{module}");
-    }
-    if let Some((host, path)) = trimmed.split_once(':').filter(|(h, _)| !h.contains('/')) {
-        let host = host.rsplit('@').next().unwrap_or(host);
-        let dir = path.rsplit('/').next().unwrap_or(path);
-        return format!("{host}:{dir}");
-    }
-    trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn target_labels_are_short_names() {
-        let ids: Vec<String> = [
-            "rsync://backup@host.example:873/export/sub/",
-            "rsync://host.example/export",
-            "root@mirror:/srv/backup",
-            "/mnt/backup/data",
-            "/other/data/",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            short_names(&ids),
-            [
-                "host.example/export",
-                "host.example/export-2",
-                "mirror:backup",
-                "data",
-                "data-2"
-            ]
-        );
-    }
 
     #[test]
     fn a_scrape_is_well_formed() {

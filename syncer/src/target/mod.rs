@@ -38,6 +38,15 @@ pub struct Target {
     pub display: String,
     /// `--password-file` for rsync daemon targets.
     pub password_file: Option<PathBuf>,
+    /// What operators and metrics call it: the config's `name`, else a short name from the
+    /// URL (`host/module`, `host:dir`, the directory's name).
+    pub name: String,
+    /// rsync processes for this target (else the global `shards`).
+    pub shards: Option<usize>,
+    /// Its coalescing delay (else the global `delay_ms`).
+    pub delay: Option<std::time::Duration>,
+    /// rsync arguments for this target alone, after the global `rsync_args`.
+    pub rsync_args: Vec<String>,
 }
 
 impl Target {
@@ -77,18 +86,18 @@ impl Target {
         } else {
             TargetKind::Local(PathBuf::from(text))
         };
-        if password_file.is_some() && !matches!(kind, TargetKind::Daemon { .. }) {
-            // rsync refuses --password-file without a daemon connection; keep it off the others.
-            return Ok(Target {
-                kind,
-                display: text.to_string(),
-                password_file: None,
-            });
-        }
+        // rsync refuses --password-file without a daemon connection; keep it off the others.
+        let password_file = password_file
+            .filter(|_| matches!(kind, TargetKind::Daemon { .. }))
+            .map(Path::to_path_buf);
         Ok(Target {
             kind,
             display: text.to_string(),
-            password_file: password_file.map(Path::to_path_buf),
+            password_file,
+            name: short_name(text),
+            shards: None,
+            delay: None,
+            rsync_args: Vec::new(),
         })
     }
 
@@ -188,7 +197,30 @@ pub trait Transport: Send + Sync + fmt::Debug {
 
 /// The transport for `target`, replicating `source`.
 pub fn transport(source: &Path, target: &Target, opts: &RsyncOptions) -> Arc<dyn Transport> {
-    Arc::new(rsync::Rsync::new(source, target, opts))
+    let mut opts = opts.clone();
+    opts.extra_args.extend(target.rsync_args.iter().cloned());
+    Arc::new(rsync::Rsync::new(source, target, &opts))
+}
+
+/// A short name for a target, from what identifies it (`host/module`, `host:dir`, the
+/// directory's name): for status and labels, where a URL (which may carry a user) is too
+/// much.
+pub fn short_name(id: &str) -> String {
+    let trimmed = id.trim_end_matches('/');
+    if let Some(rest) = trimmed.strip_prefix("rsync://") {
+        let mut parts = rest.splitn(3, '/');
+        let host = parts.next().unwrap_or_default();
+        let host = host.rsplit('@').next().unwrap_or(host);
+        let host = host.split(':').next().unwrap_or(host);
+        let module = parts.next().unwrap_or_default();
+        return format!("{host}/{module}");
+    }
+    if let Some((host, path)) = trimmed.split_once(':').filter(|(h, _)| !h.contains('/')) {
+        let host = host.rsplit('@').next().unwrap_or(host);
+        let dir = path.rsplit('/').next().unwrap_or(path);
+        return format!("{host}:{dir}");
+    }
+    trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
 }
 
 /// `host:path` where the part before the first `:` has no `/` (rsync's own rule).
