@@ -10,7 +10,8 @@ use syncer::source::{EbpfHooks, SourceKind};
 
 /// What to do, with its settings validated.
 pub enum Command {
-    Run(Config),
+    /// With how to read the configuration again on SIGHUP (when it came from a file).
+    Run(Config, Option<syncer::app::run::Reloader>),
     Sync(Config),
     Check(PathBuf),
     /// A client command, with the daemon's control socket.
@@ -32,7 +33,14 @@ pub fn parse() -> Result<Command, ConfigError> {
                 metrics_listen: a.metrics_listen,
                 ..Settings::default()
             };
-            settings(a.common, extra).map(Command::Run)
+            let file = a.common.config.clone();
+            let cli = cli_settings(a.common, extra);
+            let cfg = merged(&cli, file.as_deref())?;
+            let reload = file.map(|path| {
+                let r: syncer::app::run::Reloader = Box::new(move || merged(&cli, Some(&path)));
+                r
+            });
+            Ok(Command::Run(cfg, reload))
         }
         Cmd::Sync(c) => settings(c, Settings::default()).map(Command::Sync),
         Cmd::Status {
@@ -225,11 +233,22 @@ struct RunArgs {
 }
 
 fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> {
-    let file = match &common.config {
+    let file = common.config.clone();
+    merged(&cli_settings(common, extra), file.as_deref())
+}
+
+/// The command line over the config file (read now), validated.
+fn merged(cli: &Settings, file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let file = match file {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let cli = Settings {
+    cli.clone().over(file).into_config()
+}
+
+/// What the command line sets.
+fn cli_settings(common: CommonArgs, extra: Settings) -> Settings {
+    Settings {
         source: common.source,
         targets: (!common.targets.is_empty()).then_some(common.targets),
         password_file: common.password_file,
@@ -237,8 +256,7 @@ fn settings(common: CommonArgs, extra: Settings) -> Result<Config, ConfigError> 
         state_dir: common.state_dir,
         full_resync: common.full_resync.then_some(true),
         ..extra
-    };
-    cli.over(file).into_config()
+    }
 }
 
 #[cfg(test)]

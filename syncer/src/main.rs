@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                 print!("{}", syncer::app::check::report(&path));
                 Ok(())
             }
-            Command::Run(cfg) => syncer::app::run::run(cfg).await,
+            Command::Run(cfg, reload) => syncer::app::run::run(cfg, reload).await,
             Command::Sync(cfg) => syncer::app::sync::sync(cfg).await,
             Command::Client(..) => Ok(()),
         }

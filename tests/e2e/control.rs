@@ -447,3 +447,93 @@ fn targets_from_tables_have_their_names_and_settings() {
     rig.assert_converges(&mut syncer);
     syncer.stop();
 }
+
+/// SIGHUP reads the config file again: a target added (it gets its full pass while the
+/// other goes on), one changed (its queue kept), one removed (it gets nothing more); a
+/// broken file leaves the running targets as they were, and says why in the log and in
+/// status.
+#[test]
+fn a_reload_adds_changes_and_removes_targets_and_keeps_running_on_a_broken_config() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(60));
+    let [daemon, local] = rig.target_dirs();
+    let table = |name: &str, url: &str, delay: u32| {
+        format!("[[target]]\nname = {name:?}\nurl = {url:?}\ndelay_ms = {delay}\n")
+    };
+    let head = format!(
+        "source = {:?}\nsource_kind = \"fanotify\"\n",
+        src.display().to_string()
+    );
+    let primary = |delay| table("primary", &rig.daemon.url(), delay);
+    let copy = table("copy", &local.display().to_string(), 50);
+    let config = rig.write_config("reload.toml", &format!("{head}{}", primary(50)));
+    let mut syncer = Syncer::spawn([
+        "run".into(),
+        "--config".into(),
+        config.clone().into_os_string(),
+        "--state-dir".into(),
+        rig.state_dir().into_os_string(),
+        "--control-socket".into(),
+        rig.control_socket().into_os_string(),
+    ] as [std::ffi::OsString; 7]);
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    assert_converges(src, daemon, CONVERGE_TIMEOUT);
+    let names = |s: &serde_json::Value| -> Vec<String> {
+        s["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+
+    // Add `copy`, change `primary`'s delay.
+    write_file(&config, format!("{head}{}{copy}", primary(120)).as_bytes());
+    write_file(&src.join("t/before-the-reload"), b"queued for primary");
+    syncer.signal(nix::sys::signal::Signal::SIGHUP);
+    syncer.wait_for_log(
+        "targets added: copy; removed: none; changed: primary",
+        MARKER_TIMEOUT,
+    );
+    wait_status(&rig.control_socket(), "both targets", |s| {
+        names(s) == ["primary", "copy"]
+    });
+    rig.assert_converges(&mut syncer);
+    write_file(&src.join("t/after-the-reload"), b"for both");
+    rig.assert_converges(&mut syncer);
+
+    // Remove `primary`.
+    write_file(&config, format!("{head}{copy}").as_bytes());
+    syncer.signal(nix::sys::signal::Signal::SIGHUP);
+    syncer.wait_for_log("removed: primary", MARKER_TIMEOUT);
+    wait_status(&rig.control_socket(), "copy alone", |s| {
+        names(s) == ["copy"]
+    });
+    write_file(&src.join("t/copy-only"), b"x");
+    assert_converges(src, local, CONVERGE_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !daemon.join("t/copy-only").exists(),
+        "a removed target got a change"
+    );
+
+    // A broken file: the running targets stay, the status says why.
+    write_file(&config, format!("{head}[[target]\nurl = ").as_bytes());
+    syncer.signal(nix::sys::signal::Signal::SIGHUP);
+    syncer.wait_for_log(
+        "reload failed, the running configuration stays",
+        MARKER_TIMEOUT,
+    );
+    let s = status(&rig.control_socket());
+    assert!(
+        s["reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("reload.toml, line 3")),
+        "{s:#}"
+    );
+    assert_eq!(names(&s), ["copy"]);
+    write_file(&src.join("t/still-running"), b"x");
+    assert_converges(src, local, CONVERGE_TIMEOUT);
+    syncer.stop();
+}

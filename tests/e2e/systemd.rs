@@ -12,7 +12,8 @@
 //! - `the_shipped_unit_is_ready_once_live_reports_status_and_drains_on_stop`: `dist/`'s
 //!   hardened `syncer.service` (verified by `systemd-analyze`, its exposure scored), with the
 //!   binary and a config installed where it expects them: active only after READY, STATUS
-//!   says the phase, `systemctl stop` returns after the drain with the trees identical.
+//!   says the phase, `systemctl reload` applies a changed config, `systemctl stop` returns
+//!   after the drain with the trees identical.
 //! - `a_stuck_reader_stops_the_watchdog_pings_and_systemd_restarts_syncer`: the reader paused
 //!   by a failpoint, pings stop, systemd kills the process and the restart replicates.
 
@@ -629,6 +630,31 @@ fn the_shipped_unit_is_ready_once_live_reports_status_and_drains_on_stop() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A config change, then `systemctl reload`: the target's new delay takes effect.
+    container.put(
+        "/etc/syncer/syncer.toml",
+        &format!(
+            "source = \"{}\"\ntargets = [\"{}\"]\nsource_kind = \"fanotify\"\ndelay_ms = 80\n",
+            rig.src.display(),
+            rig.daemon.url()
+        ),
+        rig.scratch(),
+    );
+    let (ok, _, err) = container.exec_status(&["systemctl", "reload", "syncer.service"]);
+    assert!(ok, "systemctl reload: {err}");
+    wait_log(
+        &log,
+        "reloaded: targets added: none; removed: none; changed: 127.0.0.1/mod",
+        0,
+        MARKER_TIMEOUT,
+    );
+    assert_eq!(
+        container.property("syncer.service", "ActiveState"),
+        "active"
+    );
+    write_file(&src.join("t/after-the-reload"), b"sent with the new delay");
+    converge_to(src, target);
 
     // A stop under a burst: `systemctl stop` returns once the drain is done, and nothing is
     // left behind.

@@ -639,6 +639,11 @@ impl Syncer {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Sends `signal` to the process (e.g. SIGHUP: a reload).
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal syncer");
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()

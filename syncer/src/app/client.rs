@@ -182,6 +182,12 @@ pub fn render(s: &Status) -> String {
         "{:<40} {:<12} {:>9} {:>10} {:>12} {:>9} {:>9} {:>8}",
         "TARGET", "STATE", "PENDING", "OLDEST", "LAST SYNC", "SENT", "RSYNCS", "FAILING"
     );
+    if let Some(e) = &s.reload_error {
+        let _ = writeln!(
+            out,
+            "the last reload failed (the configuration before it runs): {e}"
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -251,6 +257,7 @@ mod tests {
                     lost: 0,
                 },
                 targets,
+                reload_error: None,
             };
             let got = lagging(&s, Duration::from_secs(10));
             assert_eq!(got.len(), problems, "{got:?}");

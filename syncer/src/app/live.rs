@@ -38,7 +38,9 @@ pub struct Live {
     root: PathBuf,
     /// The source's kind and counters; `None` while it is opened again.
     source: Mutex<Option<(String, Arc<SourceStats>)>>,
-    targets: Vec<LiveTarget>,
+    targets: std::sync::RwLock<Vec<LiveTarget>>,
+    /// Why the last reload failed (none: it did not).
+    reload_error: Mutex<Option<String>>,
     sink: Arc<dyn ChangeSink>,
     caught_up: Arc<WatchClock>,
     /// By id (wall-clock ms): when it was taken, and the first moment the source was seen to
@@ -58,7 +60,8 @@ impl Live {
             started: Instant::now(),
             root,
             source: Mutex::new(None),
-            targets,
+            targets: std::sync::RwLock::new(targets),
+            reload_error: Mutex::new(None),
             sink,
             caught_up,
             checkpoints: Mutex::new(BTreeMap::new()),
@@ -70,23 +73,37 @@ impl Live {
         *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
     }
 
-    fn find(&self, target: &str) -> Result<&LiveTarget, String> {
-        if let Some(t) = self
-            .targets
+    /// The targets after a reload.
+    pub fn set_targets(&self, targets: Vec<LiveTarget>) {
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = targets;
+    }
+
+    /// What the last reload said (`None`: it worked).
+    pub fn set_reload_error(&self, e: Option<String>) {
+        *self.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    fn targets(&self) -> std::sync::RwLockReadGuard<'_, Vec<LiveTarget>> {
+        self.targets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The handles of `target` (its name, URL, or number from 1).
+    fn find(&self, target: &str) -> Result<(Arc<PoolStats>, Arc<DedupMap>, String), String> {
+        let all = self.targets();
+        let hit = all
             .iter()
             .find(|t| t.name == target || t.url == target)
-        {
-            return Ok(t);
+            .or_else(|| {
+                target
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                    .and_then(|i| all.get(i))
+            });
+        if let Some(t) = hit {
+            return Ok((t.stats.clone(), t.map.clone(), t.name.clone()));
         }
-        if let Some(t) = target
-            .parse::<usize>()
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|i| self.targets.get(i))
-        {
-            return Ok(t);
-        }
-        let names: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
         Err(format!(
             "no target {target:?}: the targets are {} (or their numbers from 1)",
             names.join(", ")
@@ -135,7 +152,7 @@ impl Pipeline for Live {
             },
         };
         let targets = self
-            .targets
+            .targets()
             .iter()
             .map(|t| {
                 let s = &t.stats;
@@ -165,6 +182,11 @@ impl Pipeline for Live {
             uptime_s: self.started.elapsed().as_secs(),
             source,
             targets,
+            reload_error: self
+                .reload_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -189,7 +211,7 @@ impl Pipeline for Live {
             lost: get(|s| &s.lost),
             stale: get(|s| &s.stale),
             targets: self
-                .targets
+                .targets()
                 .iter()
                 .map(|t| {
                     let s = &t.stats;
@@ -232,7 +254,7 @@ impl Pipeline for Live {
     }
 
     fn failures(&self) -> Vec<FailureEntry> {
-        self.targets
+        self.targets()
             .iter()
             .flat_map(|t| {
                 t.state.failures().into_iter().map(|f| FailureEntry {
@@ -248,13 +270,13 @@ impl Pipeline for Live {
     }
 
     fn pause(&self, target: &str, paused: bool) -> Result<String, String> {
-        let t = self.find(target)?;
-        let was = t.stats.paused.swap(paused, Ordering::Relaxed);
+        let (stats, map, name) = self.find(target)?;
+        let was = stats.paused.swap(paused, Ordering::Relaxed);
         if was != paused {
-            tracing::info!(target = %t.name, pending = t.map.len(), "{}", if paused { "paused by the operator: changes stay queued" } else { "resumed by the operator" });
+            tracing::info!(target = %name, pending = map.len(), "{}", if paused { "paused by the operator: changes stay queued" } else { "resumed by the operator" });
         }
-        t.map.wake();
-        Ok(t.name.clone())
+        map.wake();
+        Ok(name)
     }
 
     fn rescan(&self, path: &str) -> Result<String, String> {
@@ -315,7 +337,7 @@ impl Pipeline for Live {
         let source_caught_up = read_by.is_some();
         // ... and nothing from before it is still pending or in flight on a target.
         let targets: Vec<CheckpointTarget> = self
-            .targets
+            .targets()
             .iter()
             .map(|t| {
                 let waiting_for = if t.stats.paused.load(Ordering::Relaxed) {

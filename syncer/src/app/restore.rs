@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::queue::{DedupMap, Op};
 use crate::state::catchup::{self, Compared};
 use crate::state::{State, StateError, TargetState};
+use crate::target::Target;
 use crate::transfer::CatchUp;
 
 /// Directories read at once by a catch-up walk: on a cold cache metadata reads are I/O bound
@@ -103,34 +104,7 @@ pub fn open(
     let mut planned = Vec::with_capacity(cfg.targets.len());
     for target in &cfg.targets {
         let ts = state.target(&target.display)?;
-        let map = Arc::new(DedupMap::with_journal(
-            target.delay.unwrap_or(cfg.delay),
-            ts.clone(),
-        ));
-        let pending = match ts.pending() {
-            Ok(p) => p,
-            Err(e) => {
-                // The journal cannot be read: the full pass below covers whatever it held.
-                error!(target = %target, "{e}; full pass against this target");
-                let _ = ts.clear_index();
-                Vec::new()
-            }
-        };
-        let now = Instant::now();
-        // A transfer in flight when syncer died (or was still queued at its exit) may have left
-        // a receiver's temporary file on the target, which neither the source nor the index
-        // knows: each directory that had one gets a shallow pass with --delete. (Subtree and
-        // shallow entries clean up their own directories.)
-        let mut dirs = std::collections::BTreeSet::new();
-        for (path, op, is_dir) in &pending {
-            map.restore(path, *op, *is_dir, now);
-            if matches!(op, Op::Update | Op::Delete) {
-                dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
-            }
-        }
-        for dir in dirs {
-            map.schedule(&dir, Op::Shallow, now + std::time::Duration::from_millis(1));
-        }
+        let (map, pending) = journal_into_map(cfg, target, &ts);
         let pass = cfg.full_resync || !ts.is_complete();
         if pass && !cfg.full_resync {
             info!(target = %target, "no complete index for this target yet: full pass, which builds it");
@@ -147,7 +121,7 @@ pub fn open(
             }
             (false, false) => "none (--no-initial-sync)",
         };
-        info!(target = %target, pending = pending.len(), catch_up, "state restored from {}", state.dir().display());
+        info!(target = %target, pending, catch_up, "state restored from {}", state.dir().display());
         let recent_since = match seamless {
             true => None,
             false => state.last_alive().map(since).into_iter().chain(owed).min(),
@@ -181,6 +155,83 @@ pub fn open(
         });
     }
     Ok((state, planned))
+}
+
+/// A map for `target`, with what its journal holds put back in it; how many entries that was.
+fn journal_into_map(
+    cfg: &Config,
+    target: &Target,
+    ts: &Arc<TargetState>,
+) -> (Arc<DedupMap>, usize) {
+    let map = Arc::new(DedupMap::with_journal(
+        target.delay.unwrap_or(cfg.delay),
+        ts.clone(),
+    ));
+    let pending = match ts.pending() {
+        Ok(p) => p,
+        Err(e) => {
+            // The journal cannot be read: the full pass covers whatever it held.
+            error!(target = %target, "{e}; full pass against this target");
+            let _ = ts.clear_index();
+            Vec::new()
+        }
+    };
+    let now = Instant::now();
+    // A transfer in flight when syncer died (or was still queued at its exit) may have left
+    // a receiver's temporary file on the target, which neither the source nor the index
+    // knows: each directory that had one gets a shallow pass with --delete. (Subtree and
+    // shallow entries clean up their own directories.)
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, op, is_dir) in &pending {
+        map.restore(path, *op, *is_dir, now);
+        if matches!(op, Op::Update | Op::Delete) {
+            dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+    }
+    for dir in dirs {
+        map.schedule(&dir, Op::Shallow, now + std::time::Duration::from_millis(1));
+    }
+    (map, pending.len())
+}
+
+/// The plan of a target a reload adds (`kept`: `None`) or changes (`kept`: its map, which
+/// keeps what is queued). An added target's journal goes back into a new map; with a
+/// complete index it is compared with the tree by a walk against that index (a rescan,
+/// which its dispatcher answers so), else it gets a full pass. A changed one goes on where
+/// it was: its unfinished pass, if any, resumes where it got (this syncer watched all along).
+pub fn plan_reloaded(
+    state: &State,
+    cfg: &Config,
+    target: &Target,
+    kept: Option<Arc<DedupMap>>,
+) -> Result<Planned, RunError> {
+    let ts = state.target(&target.display)?;
+    let pass = !ts.is_complete();
+    let (map, resume_after) = match kept {
+        Some(map) => {
+            map.set_delay(target.delay.unwrap_or(cfg.delay));
+            (map, ts.pass_covered().filter(|_| pass))
+        }
+        None => {
+            let (map, pending) = journal_into_map(cfg, target, &ts);
+            // What changed while it was not a target is not in its journal: a new pass or a
+            // walk against its index finds it.
+            ts.set_pass_covered(None);
+            if !pass {
+                map.insert_all(&[crate::change::Change::rescan("")], Instant::now());
+            }
+            info!(target = %target, pending, catch_up = if pass { "full pass" } else { "walk against the index" }, "target added by a reload");
+            (map, None)
+        }
+    };
+    Ok(Planned {
+        state: ts,
+        map,
+        pass,
+        walk: false,
+        recent_since: None,
+        resume_after,
+    })
 }
 
 /// Whether an unfinished pass may resume `at` its point, given the previous syncer's last

@@ -57,13 +57,19 @@ impl RestartBudget {
     }
 }
 
-/// `syncer run`: replicate until SIGTERM/SIGINT, then drain and return.
-pub async fn run(cfg: Config) -> Result<(), RunError> {
+/// Reads the configuration again (the file, under the same command line), for a reload.
+pub type Reloader = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// `syncer run`: replicate until SIGTERM/SIGINT, then drain and return; on SIGHUP, the
+/// configuration is read again through `reload` and its targets applied.
+pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| RunError::io("install SIGTERM handler", e))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| RunError::io("install SIGINT handler", e))?;
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| RunError::io("install SIGHUP handler", e))?;
 
     super::preflight::check_targets(&cfg).await?;
     // Bound before anything starts: an address that cannot be had is the operator's to fix.
@@ -99,7 +105,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     )?;
     let marks = keep_group(&state, &opened, kept_id.filter(|_| taken_up), kept_id);
     let maps: Vec<_> = planned.iter().map(|p| p.map.clone()).collect();
-    let sink: Arc<dyn ChangeSink> = Arc::new(Fanout::new(maps));
+    let fanout = Arc::new(Fanout::new(maps));
+    let sink: Arc<dyn ChangeSink> = fanout.clone();
     let mut src = Some(opened.start(sink.clone(), &shutdown, marks)?);
     let started = Instant::now();
     let mut pools = Pools::start(&cfg, cfg.initial_sync, Job::Run, &shutdown, &planned);
@@ -111,18 +118,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // Ready once the source is live: changes are seen from here on.
     let live = Arc::new(Live::new(
         cfg.source.clone(),
-        cfg.targets
-            .iter()
-            .zip(&planned)
-            .zip(&pools.stats)
-            .map(|((t, p), s)| LiveTarget {
-                name: t.name.clone(),
-                url: t.display.clone(),
-                stats: s.clone(),
-                map: p.map.clone(),
-                state: p.state.clone(),
-            })
-            .collect(),
+        live_targets(&pools, &[]),
         sink.clone(),
         scfg.caught_up.clone(),
     ));
@@ -146,14 +142,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // be active before READY.
     fail::fail_point!("service-ready");
     let mut service = Service::new();
-    let seen = pools.seen();
     service.ready(&pipeline_now(
         src.as_ref().map(|s| &*s.stats),
-        &seen,
-        &planned,
+        &pools,
         !initial_reported,
         false,
     ));
+    // Pools a reload changes wait for their predecessor's end (by its id) before they start:
+    // two dispatchers never share a map.
+    let mut replacements: Vec<Replacement> = Vec::new();
     let mut service_tick = tokio::time::interval(service.interval());
     service_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut budget = RestartBudget::default();
@@ -164,11 +161,29 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tokio::select! {
             _ = tick(&mut verify) => {
                 if verifying.as_ref().is_none_or(|v| v.is_finished()) {
-                    verifying = Some(spawn_verify(&cfg, &planned));
+                    verifying = Some(spawn_verify(&cfg, &pools));
                 }
             }
             _ = service_tick.tick() => {
-                service.tick(&pipeline_now(src.as_ref().map(|s| &*s.stats), &seen, &planned, !initial_reported, false));
+                service.tick(&pipeline_now(src.as_ref().map(|s| &*s.stats), &pools, !initial_reported, false));
+            }
+            _ = hup.recv() => {
+                service.reloading();
+                let outcome = match &reload {
+                    None => Err("this syncer was started without a config file: nothing to read again".to_string()),
+                    Some(read) => read().map_err(|e| e.to_string()).and_then(|new| {
+                        apply_reload(new, &mut cfg, &mut pools, &mut replacements, &state, &shutdown)
+                            .map_err(|e| e.to_string())
+                    }),
+                };
+                match &outcome {
+                    Ok(summary) => info!("reloaded: {summary}"),
+                    Err(e) => error!("reload failed, the running configuration stays: {e}"),
+                }
+                fanout.set(fed_maps(&pools, &replacements));
+                live.set_targets(live_targets(&pools, &replacements));
+                live.set_reload_error(outcome.err());
+                service.ready(&pipeline_now(src.as_ref().map(|s| &*s.stats), &pools, !initial_reported, false));
             }
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
@@ -191,6 +206,19 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 }
             }
             Some(ended) = pools.set.join_next() => {
+                if let Some(id) = pools.retired(&ended) {
+                    if let Some(at) = replacements.iter().position(|r| r.after == id) {
+                        let r = replacements.remove(at);
+                        match restore::plan_reloaded(&state, &cfg, &r.target, Some(r.map.clone())) {
+                            Ok(plan) => pools.add(&cfg, &r.target, &plan, Some(r.stats), &shutdown),
+                            Err(e) => error!(target = %r.target, "{e}: the changed target cannot start again; restart syncer"),
+                        }
+                        pools.order_by(&cfg.targets.iter().map(|t| t.display.clone()).collect::<Vec<_>>());
+                        fanout.set(fed_maps(&pools, &replacements));
+                        live.set_targets(live_targets(&pools, &replacements));
+                    }
+                    continue;
+                }
                 // A pool ends only on shutdown; one ending now failed.
                 let e = pools.failure(ended).unwrap_or_else(|| RunError::PoolFailed {
                     target: "(unknown)".into(),
@@ -204,8 +232,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     service.stopping(&pipeline_now(
         src.as_ref().map(|s| &*s.stats),
-        &seen,
-        &planned,
+        &pools,
         !initial_reported,
         true,
     ));
@@ -213,7 +240,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         stop_source(src);
     }
     shutdown.trigger();
-    let drained = drain(pools, &planned, &mut service, cfg.drain_timeout).await;
+    drop(replacements);
+    let drained = drain(pools, &mut service, cfg.drain_timeout).await;
     control_stop.trigger();
     for task in [control, metrics].into_iter().flatten() {
         let _ = task.await;
@@ -252,11 +280,30 @@ fn start_control(
 }
 
 /// The pipeline as the service manager is told of it: `reader`, the source's counters (none
-/// while it is being restarted); `pools`, each target's name and counters.
+/// while it is being restarted).
 fn pipeline_now(
     reader: Option<&crate::source::SourceStats>,
-    pools: &[(String, Arc<PoolStats>)],
-    planned: &[restore::Planned],
+    pools: &Pools,
+    initial: bool,
+    draining: bool,
+) -> service::Now {
+    now_of(reader, &seen(pools), initial, draining)
+}
+
+/// Each target's name, counters and map.
+type Seen = Vec<(String, Arc<PoolStats>, Arc<crate::queue::DedupMap>)>;
+
+fn seen(pools: &Pools) -> Seen {
+    pools
+        .members
+        .iter()
+        .map(|m| (m.target.name.clone(), m.stats.clone(), m.map.clone()))
+        .collect()
+}
+
+fn now_of(
+    reader: Option<&crate::source::SourceStats>,
+    seen: &Seen,
     initial: bool,
     draining: bool,
 ) -> service::Now {
@@ -265,12 +312,11 @@ fn pipeline_now(
         initial,
         draining,
         reader_idle_for: reader.map(|s| s.alive.age(now)),
-        targets: pools
+        targets: seen
             .iter()
-            .zip(planned)
-            .map(|((name, s), p)| service::TargetNow {
+            .map(|(name, s, map)| service::TargetNow {
                 name: name.clone(),
-                pending: p.map.len(),
+                pending: map.len(),
                 down: s.down.load(Ordering::Relaxed),
                 idle_for: s.alive.age(now),
             })
@@ -283,14 +329,13 @@ fn pipeline_now(
 /// drain's own give-up time, `drain_timeout` without progress).
 async fn drain(
     pools: Pools,
-    planned: &[restore::Planned],
     service: &mut Service,
     drain_timeout: Duration,
 ) -> Result<(), RunError> {
-    let seen = pools.seen();
+    let seen = seen(&pools);
     let done = || -> u64 {
         seen.iter()
-            .map(|(_, s)| s.paths_done.load(Ordering::Relaxed))
+            .map(|(_, s, _)| s.paths_done.load(Ordering::Relaxed))
             .sum()
     };
     let mut last = done();
@@ -303,7 +348,7 @@ async fn drain(
         tokio::select! {
             r = &mut finish => return r,
             _ = tick.tick() => {
-                service.tick(&pipeline_now(None, &seen, planned, false, true));
+                service.tick(&now_of(None, &seen, false, true));
                 if last_extend.elapsed() >= service::EXTEND_EVERY {
                     last_extend = Instant::now();
                     let now = done();
@@ -311,12 +356,160 @@ async fn drain(
                         last = now;
                         service.extend(drain_timeout + Duration::from_secs(30));
                     }
-                    let left: usize = planned.iter().map(|p| p.map.len()).sum();
+                    let left: usize = seen.iter().map(|(_, _, m)| m.len()).sum();
                     info!(left, "draining");
                 }
             }
         }
     }
+}
+
+/// A pool a reload changes: started once its predecessor (`after`) has ended.
+struct Replacement {
+    after: u64,
+    target: crate::target::Target,
+    map: Arc<crate::queue::DedupMap>,
+    stats: Arc<PoolStats>,
+    state: Arc<crate::state::TargetState>,
+}
+
+/// The maps the source feeds: every running pool's and those of pools waiting to replace one.
+fn fed_maps(pools: &Pools, waiting: &[Replacement]) -> Vec<Arc<crate::queue::DedupMap>> {
+    pools
+        .members
+        .iter()
+        .map(|m| m.map.clone())
+        .chain(waiting.iter().map(|r| r.map.clone()))
+        .collect()
+}
+
+/// The targets the control socket shows.
+fn live_targets(pools: &Pools, waiting: &[Replacement]) -> Vec<LiveTarget> {
+    pools
+        .members
+        .iter()
+        .map(|m| LiveTarget {
+            name: m.target.name.clone(),
+            url: m.target.display.clone(),
+            stats: m.stats.clone(),
+            map: m.map.clone(),
+            state: m.state.clone(),
+        })
+        .chain(waiting.iter().map(|r| LiveTarget {
+            name: r.target.name.clone(),
+            url: r.target.display.clone(),
+            stats: r.stats.clone(),
+            map: r.map.clone(),
+            state: r.state.clone(),
+        }))
+        .collect()
+}
+
+/// What a reload may change while syncer runs: its targets (added, removed, or changed:
+/// their settings or the global ones they take). The rest takes effect at the next start.
+fn apply_reload(
+    new: Config,
+    cfg: &mut Config,
+    pools: &mut Pools,
+    replacements: &mut Vec<Replacement>,
+    state: &crate::state::State,
+    shutdown: &Shutdown,
+) -> Result<String, RunError> {
+    for (what, old, now) in [
+        (
+            "source",
+            format!("{:?}", cfg.source),
+            format!("{:?}", new.source),
+        ),
+        (
+            "state_dir",
+            format!("{:?}", cfg.state_dir),
+            format!("{:?}", new.state_dir),
+        ),
+        (
+            "source_kind",
+            format!("{:?}", cfg.source_kind),
+            format!("{:?}", new.source_kind),
+        ),
+        (
+            "control_socket",
+            format!("{:?}", cfg.control_socket),
+            format!("{:?}", new.control_socket),
+        ),
+        (
+            "metrics_listen",
+            format!("{:?}", cfg.metrics_listen),
+            format!("{:?}", new.metrics_listen),
+        ),
+        (
+            "fanotify_queue",
+            format!("{:?}", cfg.fanotify_queue),
+            format!("{:?}", new.fanotify_queue),
+        ),
+    ] {
+        if old != now {
+            warn!("reload: {what} changed ({old} -> {now}); it takes effect at the next start");
+        }
+    }
+    let globals = |c: &Config| {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            c.shards, c.delay, c.rsync, c.batch_max, c.drain_timeout
+        )
+    };
+    let globals_changed = globals(cfg) != globals(&new);
+    let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < pools.members.len() {
+        let m = &pools.members[i];
+        match new.targets.iter().find(|t| t.display == m.target.display) {
+            None => {
+                removed.push(m.target.name.clone());
+                pools.retire(i);
+            }
+            Some(t) if *t != m.target || globals_changed => {
+                changed.push(t.name.clone());
+                let old = pools.retire(i);
+                replacements.push(Replacement {
+                    after: old.id,
+                    target: t.clone(),
+                    map: old.map,
+                    stats: old.stats,
+                    state: old.state,
+                });
+            }
+            Some(_) => i += 1,
+        }
+    }
+    for t in &new.targets {
+        let running = pools.members.iter().any(|m| m.target.display == t.display)
+            || replacements.iter().any(|r| r.target.display == t.display);
+        if !running {
+            let plan = restore::plan_reloaded(state, &new, t, None)?;
+            pools.add(&new, t, &plan, None, shutdown);
+            added.push(t.name.clone());
+        }
+    }
+    pools.order_by(
+        &new.targets
+            .iter()
+            .map(|t| t.display.clone())
+            .collect::<Vec<_>>(),
+    );
+    *cfg = new;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Ok(format!(
+        "targets added: {}; removed: {}; changed: {}",
+        list(&added),
+        list(&removed),
+        list(&changed)
+    ))
 }
 
 /// The source's kernel queue, if it can outlive this process (a fanotify group): followed by
@@ -423,15 +616,17 @@ async fn tick(t: &mut Option<tokio::time::Interval>) {
 /// The periodic verify: a catch-up walk against every complete index, then, with
 /// `verify_checksum`, each of those targets' contents check (an rsync dry run with
 /// `--checksum`); what either finds is queued and replicated like any change.
-fn spawn_verify(cfg: &Config, planned: &[restore::Planned]) -> tokio::task::JoinHandle<()> {
-    let complete: Vec<usize> = (0..planned.len())
-        .filter(|&i| planned[i].state.is_complete())
+fn spawn_verify(cfg: &Config, pools: &Pools) -> tokio::task::JoinHandle<()> {
+    let complete: Vec<&super::pools::Member> = pools
+        .members
+        .iter()
+        .filter(|m| m.state.is_complete())
         .collect();
     let targets: Vec<Compared> = complete
         .iter()
-        .map(|&i| Compared {
-            state: planned[i].state.clone(),
-            map: planned[i].map.clone(),
+        .map(|m| Compared {
+            state: m.state.clone(),
+            map: m.map.clone(),
         })
         .collect();
     info!(
@@ -442,13 +637,12 @@ fn spawn_verify(cfg: &Config, planned: &[restore::Planned]) -> tokio::task::Join
     let checks: Vec<_> = complete
         .iter()
         .filter(|_| cfg.verify_checksum)
-        .map(|&i| {
-            let t = &cfg.targets[i];
+        .map(|m| {
             (
-                t.display.clone(),
-                crate::target::transport(&cfg.source, t, &cfg.rsync),
-                planned[i].map.clone(),
-                planned[i].state.tag().to_string(),
+                m.target.display.clone(),
+                crate::target::transport(&cfg.source, &m.target, &cfg.rsync),
+                m.map.clone(),
+                m.state.tag().to_string(),
             )
         })
         .collect();

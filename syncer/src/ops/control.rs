@@ -30,6 +30,8 @@ pub struct Status {
     pub uptime_s: u64,
     pub source: SourceStatus,
     pub targets: Vec<TargetStatus>,
+    /// Why the last reload (SIGHUP) failed; the configuration before it is still running.
+    pub reload_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,6 +438,7 @@ mod tests {
                     lost: 0,
                 },
                 targets: vec![],
+                reload_error: None,
             }
         }
         fn failures(&self) -> Vec<FailureEntry> {

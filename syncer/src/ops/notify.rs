@@ -155,6 +155,11 @@ impl Service {
         }
     }
 
+    /// A reload begins (READY follows it, through [`Service::ready`]).
+    pub fn reloading(&mut self) {
+        self.send(&[NotifyState::Reloading]);
+    }
+
     /// The drain begins.
     pub fn stopping(&mut self, now: &Now) {
         let text = status_text(now);

@@ -73,8 +73,9 @@ pub struct DedupMap {
     slots: DashMap<Arc<Path>, Slot, hashbrown::DefaultHashBuilder>,
     /// Due times of pending entries; stale ones are checked against the slot when popped.
     timers: Mutex<BinaryHeap<Timer>>,
-    delay: Duration,
-    max_wait: Duration,
+    /// The coalescing delay in nanoseconds (a reload may change it); at most ten of them pass
+    /// between a path's first event and its transfer.
+    delay_ns: std::sync::atomic::AtomicU64,
     /// Pending entries whose transfer covers their subtree (see [`Pending::covers_subtree`]).
     covering: AtomicUsize,
     /// In-flight transfers that cover their subtree.
@@ -90,13 +91,22 @@ impl DedupMap {
         DedupMap {
             slots: DashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
             timers: Mutex::new(BinaryHeap::new()),
-            delay,
-            max_wait: delay * 10,
+            delay_ns: std::sync::atomic::AtomicU64::new(delay.as_nanos() as u64),
             covering: AtomicUsize::new(0),
             covering_inflight: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
             journal: None,
         }
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_nanos(self.delay_ns.load(Ordering::Relaxed))
+    }
+
+    /// A new coalescing delay, for changes from now on (a reload).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ns
+            .store(delay.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// The same, recording what is pending in `journal`.
@@ -165,7 +175,8 @@ impl DedupMap {
                 self.uncount(&p);
                 p.op = op;
                 p.is_dir = c.is_dir;
-                p.due = (now + self.delay).min(p.first + self.max_wait).max(p.due);
+                let delay = self.delay();
+                p.due = (now + delay).min(p.first + delay * 10).max(p.due);
                 p.last = now;
                 p
             }
@@ -175,7 +186,7 @@ impl DedupMap {
                     is_dir: c.is_dir,
                     first: now,
                     last: now,
-                    due: now + self.delay,
+                    due: now + self.delay(),
                     attempts: 0,
                 };
                 if !inflight {

@@ -24,14 +24,25 @@ pub trait Journal: Send + Sync {
     fn record(&self, entries: &[JournalEntry<'_>]);
 }
 
-/// The sink sources deliver to: every target's map, each change stamped once.
+/// The sink sources deliver to: every target's map, each change stamped once. The set of
+/// maps changes when a reload adds or removes a target.
 pub struct Fanout {
-    maps: Vec<Arc<DedupMap>>,
+    maps: std::sync::RwLock<Vec<Arc<DedupMap>>>,
 }
 
 impl Fanout {
     pub fn new(maps: Vec<Arc<DedupMap>>) -> Fanout {
-        Fanout { maps }
+        Fanout {
+            maps: std::sync::RwLock::new(maps),
+        }
+    }
+
+    /// From now on, changes go to `maps`.
+    pub fn set(&self, maps: Vec<Arc<DedupMap>>) {
+        *self
+            .maps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = maps;
     }
 }
 
@@ -41,7 +52,11 @@ impl ChangeSink for Fanout {
             return;
         }
         let now = Instant::now();
-        for m in &self.maps {
+        let maps = self
+            .maps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for m in maps.iter() {
             m.insert_all(changes, now);
         }
     }

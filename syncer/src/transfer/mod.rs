@@ -60,6 +60,9 @@ pub struct PoolStats {
     /// Paused by the operator (`syncer pause`): nothing is sent, everything stays queued (and
     /// journaled); a drain does not wait for it.
     pub paused: std::sync::atomic::AtomicBool,
+    /// Stopped by a reload (its target removed or changed): a drain does not wait for it,
+    /// what is queued stays in its map and journal.
+    pub retired: std::sync::atomic::AtomicBool,
     /// The start-up pass (or a rescan's pass) is running.
     pub passing: std::sync::atomic::AtomicBool,
     /// When a batch last succeeded (ms since the epoch; 0: never).
@@ -266,8 +269,8 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         }
         let busy = cfg.shards - d.idle.len();
         let work_left = !map.is_empty() || d.pass.is_some();
-        let paused = d.paused();
-        if draining && (!work_left || past_deadline || paused) && busy == 0 {
+        let held = d.paused() || d.retired();
+        if draining && (!work_left || past_deadline || held) && busy == 0 {
             break;
         }
         if probe.is_none() && d.health.probe_due(now) {
@@ -305,7 +308,12 @@ pub async fn run(pool: Pool, shutdown: Shutdown) -> Result<PoolReport, PoolError
         }
     }
     drop(shard_txs);
-    // A paused target's queue stays in its journal for the next start.
+    // A paused target's queue stays in its journal for the next start; a retired one's in its
+    // map for the pool that follows it (or the journal, for a target removed).
+    if d.retired() {
+        while shards.join_next().await.is_some() {}
+        return Ok(PoolReport { undrained: 0 });
+    }
     let kept = d.state.is_some() && d.paused();
     Ok(wind_down(&target, shards, &map, kept).await)
 }

@@ -119,7 +119,7 @@ impl Dispatcher {
         draining: bool,
         shards: &[mpsc::Sender<Batch>],
     ) -> Result<(), PoolError> {
-        if self.health.is_down(now) || self.stats.paused.load(Ordering::Relaxed) {
+        if self.health.is_down(now) || self.paused() || self.retired() {
             return Ok(());
         }
         self.held_until = None;
@@ -309,6 +309,11 @@ impl Dispatcher {
     /// The operator paused this target.
     pub fn paused(&self) -> bool {
         self.stats.paused.load(Ordering::Relaxed)
+    }
+
+    /// A reload stopped this pool: it ends with what is in flight.
+    pub fn retired(&self) -> bool {
+        self.stats.retired.load(Ordering::Relaxed)
     }
 
     /// One turn of the pool's loop: its liveness tick, and whether the target is down, for
