@@ -16,6 +16,8 @@ pub enum Command {
     Check(PathBuf),
     /// A client command, with the daemon's control socket.
     Client(PathBuf, Client),
+    /// Writes the man page and shell completions into the directory (for packaging).
+    Docs(PathBuf),
 }
 
 /// Parses the command line (exiting with clap's message and code 2 on bad usage) and builds the
@@ -23,6 +25,7 @@ pub enum Command {
 pub fn parse() -> Result<Command, ConfigError> {
     match Cli::parse().cmd {
         Cmd::Check { path } => Ok(Command::Check(path)),
+        Cmd::GenerateDocs { dir } => Ok(Command::Docs(dir)),
         Cmd::Run(a) => {
             let extra = Settings {
                 source_kind: a.source_kind,
@@ -116,6 +119,9 @@ enum Cmd {
     Run(RunArgs),
     /// One full parallel sync of SOURCE to every TARGET, then exit.
     Sync(CommonArgs),
+    /// Write the man page (syncer.1) and bash, zsh and fish completions into DIR.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
     /// Print what this kernel offers for watching and which source `auto` picks.
     Check {
         /// A directory on the filesystem to probe (default: /).
@@ -257,6 +263,23 @@ fn cli_settings(common: CommonArgs, extra: Settings) -> Settings {
         full_resync: common.full_resync.then_some(true),
         ..extra
     }
+}
+
+/// The man pages (`syncer.1`, and `syncer-run.1` and so on for the subcommands) and shell
+/// completions, into `dir`.
+pub fn write_docs(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), dir)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "syncer", dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,6 +39,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Docs(dir) = &cmd {
+        return match cli::write_docs(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("syncer: writing the docs into {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Command::Client(socket, client) = &cmd {
         return match syncer::app::client::run(socket, client) {
             Ok(code) => ExitCode::from(code),
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
             }
             Command::Run(cfg, reload) => syncer::app::run::run(cfg, reload).await,
             Command::Sync(cfg) => syncer::app::sync::sync(cfg).await,
-            Command::Client(..) => Ok(()),
+            Command::Client(..) | Command::Docs(_) => Ok(()),
         }
     });
     match result {

@@ -503,7 +503,7 @@ fn a_read_kept_and_not_journaled_is_replayed_after_a_crash() {
     drop(container);
 }
 
-/// The shipped unit, the binary at the path it runs (`/usr/local/bin/syncer`) and a config at
+/// The shipped unit, the binary at the path it runs (`/usr/bin/syncer`) and a config at
 /// `/etc/syncer/syncer.toml` for the rig (fanotify, its daemon target), in `container`; a
 /// drop-in adds `drop_in` and appends the output to `log`. The source lives under /tmp,
 /// which the unit's PrivateTmp= would hide: the drop-in turns that off.
@@ -514,7 +514,7 @@ fn install_shipped_unit(container: &Container, rig: &Rig, bin: &Path, log: &Path
         "-m",
         "755",
         bin.to_str().unwrap(),
-        "/usr/local/bin/syncer",
+        "/usr/bin/syncer",
     ]);
     container.put(
         "/etc/syncer/syncer.toml",
@@ -701,7 +701,7 @@ fn a_stuck_reader_stops_the_watchdog_pings_and_systemd_restarts_syncer() {
         &bin,
         &log,
         &format!(
-            "WatchdogSec=4s\nRestart=always\nRestartSec=1\nReadWritePaths={scratch}\nExecStart=\nExecStart=/bin/sh -c 'if [ -e {flag} ]; then rm {flag}; export FAILPOINTS=source-read=pause; fi; exec /usr/local/bin/syncer run --config /etc/syncer/syncer.toml'\n",
+            "WatchdogSec=4s\nRestart=always\nRestartSec=1\nReadWritePaths={scratch}\nExecStart=\nExecStart=/bin/sh -c 'if [ -e {flag} ]; then rm {flag}; export FAILPOINTS=source-read=pause; fi; exec /usr/bin/syncer run --config /etc/syncer/syncer.toml'\n",
             scratch = rig.scratch().display(),
             flag = flag.display(),
         ),

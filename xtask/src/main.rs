@@ -7,7 +7,10 @@
 //!   that the committed one is current (see `ebpf.rs`).
 //! - `cargo xtask vm-test`: runs the end-to-end tests inside qemu VMs booting stock Debian
 //!   kernels (6.1, 6.12), where fentry/LSM eBPF programs load (see `vm.rs`).
+//! - `cargo xtask deb [--check]`: the Debian package, checked by `dpkg -i` into a clean
+//!   Debian root (see `deb.rs`).
 
+mod deb;
 mod ebpf;
 mod vm;
 
@@ -24,10 +27,11 @@ fn main() -> Result<()> {
         "bench" => bench(&rest),
         "vm-test" => vm::vm_test(&rest),
         "build-ebpf" => ebpf::build_ebpf(&rest),
+        "deb" => deb::deb(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [-- TEST-ARGS...] | cargo xtask bench [ARGS...] | \
-                 cargo xtask build-ebpf [--check] | \
+                 cargo xtask build-ebpf [--check] | cargo xtask deb [--check] | \
                  cargo xtask vm-test [--kernel 6.1|6.12|all] [--filter SUBSTRING] [--keep] \
                  [--shell-cmd CMD]"
             );
