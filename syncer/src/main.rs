@@ -8,15 +8,49 @@ use std::process::ExitCode;
 
 use cli::Command;
 
+/// Logs go to stderr; under systemd with stderr connected to the journal (`JOURNAL_STREAM`
+/// names stderr's device and inode), to the journal itself, with each event's fields as
+/// journal fields (`SYNCER_TARGET=...`, `SYNCER_PENDING=...`) and its level as the priority.
 fn init_logging() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if stderr_is_the_journal() {
+        if let Ok(journal) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter())
+                .with(
+                    journal
+                        .with_syslog_identifier("syncer".into())
+                        .with_field_prefix(Some("SYNCER".into())),
+                )
+                .init();
+            return;
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Whether stderr is the stream systemd connected to the journal (`JOURNAL_STREAM=dev:inode`).
+fn stderr_is_the_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(libc::STDERR_FILENO) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

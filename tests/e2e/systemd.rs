@@ -13,7 +13,7 @@
 //!   hardened `syncer.service` (verified by `systemd-analyze`, its exposure scored), with the
 //!   binary and a config installed where it expects them: active only after READY, STATUS
 //!   says the phase, `systemctl reload` applies a changed config, `systemctl stop` returns
-//!   after the drain with the trees identical.
+//!   after the drain with the trees identical; logs reach the journal with their fields.
 //! - `a_stuck_reader_stops_the_watchdog_pings_and_systemd_restarts_syncer`: the reader paused
 //!   by a failpoint, pings stop, systemd kills the process and the restart replicates.
 
@@ -674,6 +674,41 @@ fn the_shipped_unit_is_ready_once_live_reports_status_and_drains_on_stop() {
     assert!(text.contains("SIGTERM: draining"), "{text}");
     assert_eq!(container.property("syncer.service", "Result"), "success");
     assert_eq!(container.property("syncer.service", "ExecMainStatus"), "0");
+
+    // With stderr connected to the journal, the log goes to the journal with its fields.
+    let src_s = src.display().to_string();
+    let url = rig.daemon.url();
+    let (ok, _, err) = container.exec_status(&[
+        "systemd-run",
+        "--wait",
+        "--quiet",
+        "--unit=syncer-journal",
+        "-p",
+        "PrivateTmp=no",
+        "/usr/bin/syncer",
+        "sync",
+        "--source",
+        &src_s,
+        "--target",
+        &url,
+        "--state-dir",
+        "/var/lib/syncer-journal-test",
+    ]);
+    assert!(ok, "syncer sync under systemd-run: {err}");
+    let journal = container.exec(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "json",
+        "-u",
+        "syncer-journal.service",
+    ]);
+    assert!(
+        journal.contains("\"SYSLOG_IDENTIFIER\":\"syncer\"")
+            && journal.contains("\"SYNCER_MS\"")
+            && journal.contains("sync finished"),
+        "syncer's fields in the journal:\n{journal}"
+    );
     drop(container);
 }
 
