@@ -150,21 +150,11 @@ impl Container {
 
     /// Runs `argv` inside the container; its stdout (stderr is echoed).
     fn exec(&self, argv: &[&str]) -> String {
-        let out = Command::new("/usr/bin/nsenter")
-            .arg("-t")
-            .arg(self.leader.to_string())
-            .args(["-m", "-u", "-i", "-p", "--"])
-            .args(argv)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsenter");
-        if !out.stderr.is_empty() {
-            eprintln!(
-                "[container] {argv:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let (_, out, err) = self.exec_status(argv);
+        if !err.is_empty() {
+            eprintln!("[container] {argv:?}: {err}");
         }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out
     }
 
     /// Installs `text` as a runtime unit (under the container's /run) and starts it; `via`: a

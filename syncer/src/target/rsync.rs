@@ -101,16 +101,7 @@ pub fn reach_args(opts: &RsyncOptions, target: &Target) -> Vec<OsString> {
         .iter()
         .map(OsString::from)
         .collect();
-    a.push(format!("--timeout={}", opts.io_timeout_s).into());
-    if target.is_daemon() {
-        a.push("--contimeout=10".into());
-    }
-    if let Some(pw) = &target.password_file {
-        let mut o = OsString::from("--password-file=");
-        o.push(pw);
-        a.push(o);
-    }
-    a.extend(opts.extra_args.iter().map(OsString::from));
+    connection(&mut a, opts, target);
     a.push(target.rsync_dest().into());
     a
 }
@@ -235,9 +226,18 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
     a
 }
 
-/// What every rsync call ends with: the I/O timeout, the daemon's socket options, the
-/// password file, the operator's extra arguments, then `SOURCE/ DEST`.
+/// What every transfer ends with: [`connection`], then `SOURCE/ DEST`.
 fn connection_and_ends(a: &mut Vec<OsString>, opts: &RsyncOptions, source: &Path, target: &Target) {
+    connection(a, opts, target);
+    let mut src = source.as_os_str().to_os_string();
+    src.push("/");
+    a.push(src);
+    a.push(target.rsync_dest().into());
+}
+
+/// How every rsync call reaches the target: the I/O timeout, the daemon's socket options,
+/// the password file, the operator's extra arguments.
+fn connection(a: &mut Vec<OsString>, opts: &RsyncOptions, target: &Target) {
     a.push(format!("--timeout={}", opts.io_timeout_s).into());
     if target.is_daemon() {
         // Without TCP_NODELAY the client waits on delayed ACKs several times per session.
@@ -250,10 +250,6 @@ fn connection_and_ends(a: &mut Vec<OsString>, opts: &RsyncOptions, source: &Path
         a.push(o);
     }
     a.extend(opts.extra_args.iter().map(OsString::from));
-    let mut src = source.as_os_str().to_os_string();
-    src.push("/");
-    a.push(src);
-    a.push(target.rsync_dest().into());
 }
 
 /// The argument vector of the contents check: a dry run of the whole tree with `--checksum`
