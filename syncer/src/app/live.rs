@@ -110,6 +110,14 @@ impl Live {
         ))
     }
 
+    /// The source's kind and counters now (`None`: being opened again).
+    fn source(&self) -> Option<(String, Arc<SourceStats>)> {
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn state_of(t: &LiveTarget) -> &'static str {
         if t.stats.paused.load(Ordering::Relaxed) {
             "paused"
@@ -130,11 +138,7 @@ impl Live {
 impl Pipeline for Live {
     fn status(&self) -> Status {
         let now = Instant::now();
-        let source = self
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let source = self.source();
         let source = match source {
             Some((kind, s)) => SourceStatus {
                 root: self.root.display().to_string(),
@@ -192,11 +196,7 @@ impl Pipeline for Live {
 
     fn metrics(&self) -> Snapshot {
         let now = Instant::now();
-        let source = self
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let source = self.source();
         let (kind, s) = match &source {
             Some((kind, s)) => (kind.clone(), Some(s)),
             None => ("restarting".to_string(), None),

@@ -383,25 +383,27 @@ fn fed_maps(pools: &Pools, waiting: &[Replacement]) -> Vec<Arc<crate::queue::Ded
         .collect()
 }
 
-/// The targets the control socket shows.
+/// The targets the control socket shows: the running pools' and those waiting to replace one.
 fn live_targets(pools: &Pools, waiting: &[Replacement]) -> Vec<LiveTarget> {
+    let live = |target: &crate::target::Target,
+                stats: &Arc<PoolStats>,
+                map: &Arc<crate::queue::DedupMap>,
+                state: &Arc<crate::state::TargetState>| LiveTarget {
+        name: target.name.clone(),
+        url: target.display.clone(),
+        stats: stats.clone(),
+        map: map.clone(),
+        state: state.clone(),
+    };
     pools
         .members
         .iter()
-        .map(|m| LiveTarget {
-            name: m.target.name.clone(),
-            url: m.target.display.clone(),
-            stats: m.stats.clone(),
-            map: m.map.clone(),
-            state: m.state.clone(),
-        })
-        .chain(waiting.iter().map(|r| LiveTarget {
-            name: r.target.name.clone(),
-            url: r.target.display.clone(),
-            stats: r.stats.clone(),
-            map: r.map.clone(),
-            state: r.state.clone(),
-        }))
+        .map(|m| live(&m.target, &m.stats, &m.map, &m.state))
+        .chain(
+            waiting
+                .iter()
+                .map(|r| live(&r.target, &r.stats, &r.map, &r.state)),
+        )
         .collect()
 }
 
