@@ -863,6 +863,13 @@ pub fn sched_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The license the kernel reads from the object's `license` section. The programs call
+/// helpers the kernel reserves for GPL-compatible code (`bpf_probe_read_kernel`, the ring
+/// buffer), so the object says so instead of relying on the loader's default.
+#[no_mangle]
+#[link_section = "license"]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

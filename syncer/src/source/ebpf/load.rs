@@ -429,3 +429,15 @@ pub fn probe_hooks(path: &Path) -> [Result<String, String>; 2] {
             .map_err(|e| e.to_string())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// The kernel refuses GPL-only helpers to a program whose license is not GPL-compatible,
+    /// and aya's loader would quietly supply "GPL" when the object names none: the object
+    /// must declare its own.
+    #[test]
+    fn the_object_declares_a_gpl_compatible_license() {
+        let obj = aya_obj::Object::parse(super::OBJECT).expect("syncer.bpf.o parses");
+        assert_eq!(obj.license.to_str().unwrap(), "Dual MIT/GPL");
+    }
+}
