@@ -34,7 +34,7 @@ fn init_logging() {
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr)
+        .with_writer(syncer::app::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

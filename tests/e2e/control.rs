@@ -91,6 +91,16 @@ fn the_client_commands_against_a_running_syncer() {
         (0..2).all(|i| target(s, i)["pending"] == 0 && target(s, i)["oldest_pending_s"].is_null())
     });
     rig.assert_converges(&mut syncer);
+    // What rsync said it sent: the load's files at least, and more bytes than their names.
+    let s = status(&socket);
+    for i in 0..2 {
+        let files = target(&s, i)["files_sent"].as_u64().unwrap_or(0);
+        let bytes = target(&s, i)["bytes_sent"].as_u64().unwrap_or(0);
+        assert!(
+            files >= written as u64 && bytes > files,
+            "{written} files written: {s:#}"
+        );
+    }
 
     // A checkpoint returns once the targets hold what was written before it.
     let burst = src.join("t/burst");
@@ -367,8 +377,16 @@ fn metrics_scrapes_parse_and_move_with_replication() {
     );
     assert!(sample(&before, "syncer_source_info{kind=fanotify}") == 1.0);
 
+    let by = |s: &[String], name: &str| sample(s, &format!("{name}{{{daemon}"));
+    let created = |s: &[String]| sample(s, "syncer_source_changes_total{kind=created}");
     for i in 0..25 {
         write_file(&src.join(format!("t/new-{i}")), b"counted");
+    }
+    // One file rewritten every few milliseconds, well inside the coalescing delay: its
+    // changes fold into one pending entry.
+    for i in 0..40 {
+        write_file(&src.join("t/busy"), format!("rewrite {i}").as_bytes());
+        std::thread::sleep(Duration::from_millis(5));
     }
     rig.assert_converges(&mut syncer);
     // The counters move once the batches are settled.
@@ -385,6 +403,30 @@ fn metrics_scrapes_parse_and_move_with_replication() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(sample(&after, "syncer_source_events_total{}") > 0.0);
+    assert!(
+        created(&after) >= created(&before) + 25.0,
+        "25 files created: {after:#?}"
+    );
+    // What rsync said it sent: the 25 new files and the busy one, at least their bytes.
+    assert!(
+        by(&after, "syncer_files_sent_total") >= by(&before, "syncer_files_sent_total") + 26.0,
+        "{after:#?}"
+    );
+    assert!(
+        by(&after, "syncer_file_bytes_sent_total")
+            >= by(&before, "syncer_file_bytes_sent_total") + 25.0 * 7.0,
+        "{after:#?}"
+    );
+    assert!(
+        by(&after, "syncer_bytes_sent_total") > by(&before, "syncer_bytes_sent_total"),
+        "{after:#?}"
+    );
+    assert!(
+        by(&after, "syncer_coalesced_total") >= by(&before, "syncer_coalesced_total") + 10.0,
+        "40 rewrites of one file inside the delay: {after:#?}"
+    );
+    // The start-up pass compared the tree (30 files and their directories).
+    assert!(by(&after, "syncer_pass_entries") >= 30.0, "{after:#?}");
     assert!(
         sample(
             &after,

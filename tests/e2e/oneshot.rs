@@ -48,6 +48,72 @@ fn sync_once_to_daemon_and_local() {
     rig.assert_targets_identical();
 }
 
+/// The counts of `N entries` and `N/M entries` in a progress bar's frames.
+fn entry_counts(text: &str) -> Vec<u64> {
+    text.split(" entries")
+        .filter_map(|before| {
+            let word = before.rsplit(' ').next()?;
+            let done = word.split('/').next()?;
+            done.replace(',', "").parse().ok()
+        })
+        .collect()
+}
+
+/// On a terminal, `syncer sync` draws a progress bar per target that ends at the whole tree;
+/// with stderr a pipe (a service, a log file), nothing but log lines.
+#[test]
+fn sync_shows_progress_on_a_terminal_and_nothing_otherwise() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    make_tree(&src.join("tree"), &TreeSpec::new(3000));
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["sync".into(), "--source".into(), src.as_os_str().into()];
+    args.extend(rig.target_args());
+
+    let piped = run_syncer(&args, EXIT_TIMEOUT);
+    assert_eq!(
+        piped.code(),
+        Some(0),
+        "syncer sync failed:\n{}",
+        piped.stderr
+    );
+    assert!(
+        entry_counts(&piped.stderr).is_empty() && !piped.stderr.contains('\r'),
+        "a progress bar on a pipe:\n{}",
+        piped.stderr
+    );
+    rig.assert_targets_identical();
+
+    // The same on a terminal (`script` gives it a pty, and copies what it shows to stdout),
+    // after the targets lost their copy.
+    for t in rig.target_dirs() {
+        remove(&t.join("tree"));
+    }
+    let quote = |a: &std::ffi::OsStr| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(std::ffi::OsStr::new(SYNCER_BIN))
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(quote)
+        .collect();
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line.join(" "), "/dev/null"]);
+    let shown = Syncer::spawn_command(cmd).finish(EXIT_TIMEOUT);
+    assert_eq!(
+        shown.code(),
+        Some(0),
+        "syncer sync on a terminal failed:\n{}",
+        shown.stdout
+    );
+    let counts = entry_counts(&shown.stdout);
+    // Both targets' bars end at the tree: its 3000 files and their directories at least.
+    assert!(
+        counts.iter().filter(|&&n| n >= 3000).count() >= 2,
+        "no bar reached the tree's 3000 files: {counts:?} in\n{}",
+        shown.stdout
+    );
+    assert!(shown.stdout.contains(" sent"), "{}", shown.stdout);
+    rig.assert_targets_identical();
+}
+
 #[test]
 fn check_reports_capabilities() {
     let Some(rig) = Rig::new() else { return };

@@ -147,7 +147,7 @@ pub fn run(socket: &Path, cmd: &Client) -> Result<u8, ControlError> {
 pub fn lagging(s: &Status, lag: Duration) -> Vec<String> {
     let mut out = Vec::new();
     for t in &s.targets {
-        if t.state == "down" || t.state == "paused" || t.state == "refused" {
+        if matches!(t.state.as_str(), "down" | "backoff" | "refused" | "paused") {
             out.push(format!("{} is {}", t.name, t.state));
         }
         if let Some(age) = t.oldest_pending_s.filter(|&a| a > lag.as_secs_f64()) {
@@ -179,8 +179,8 @@ pub fn render(s: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<40} {:<12} {:>9} {:>10} {:>12} {:>9} {:>9} {:>8}",
-        "TARGET", "STATE", "PENDING", "OLDEST", "LAST SYNC", "SENT", "RSYNCS", "FAILING"
+        "{:<32} {:<12} {:>9} {:>10} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "TARGET", "STATE", "PENDING", "OLDEST", "LAST SYNC", "SENT", "BYTES", "RSYNCS", "FAILING"
     );
     if let Some(e) = &s.reload_error {
         let _ = writeln!(
@@ -200,8 +200,16 @@ pub fn render(s: &Status) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<40} {:<12} {:>9} {:>10} {:>12} {:>9} {:>9} {:>8}",
-            t.name, t.state, t.pending, oldest, last, t.paths_sent, t.rsync_runs, t.failing_paths
+            "{:<32} {:<12} {:>9} {:>10} {:>12} {:>9} {:>9} {:>9} {:>8}",
+            t.name,
+            t.state,
+            t.pending,
+            oldest,
+            last,
+            t.paths_sent,
+            indicatif::HumanBytes(t.bytes_sent).to_string(),
+            t.rsync_runs,
+            t.failing_paths
         );
         if let Some(e) = &t.last_error {
             let _ = writeln!(out, "  last error: {e}");
@@ -227,6 +235,8 @@ mod tests {
             batches: 0,
             failed_batches: 0,
             paths_sent: 0,
+            files_sent: 0,
+            bytes_sent: 0,
             rsync_runs: 0,
             last_error: None,
         }
@@ -242,6 +252,9 @@ mod tests {
                 vec![target("a", "down", Some(1.0)), target("b", "paused", None)],
                 2,
             ),
+            (vec![target("a", "backoff", None)], 1),
+            (vec![target("a", "refused", None)], 1),
+            (vec![target("a", "rescan", Some(2.0))], 0),
             (vec![target("a", "initial sync", Some(2.0))], 0),
         ];
         for (targets, problems) in cases {

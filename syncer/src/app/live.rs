@@ -119,16 +119,26 @@ impl Live {
     }
 
     fn state_of(t: &LiveTarget) -> &'static str {
-        if t.stats.paused.load(Ordering::Relaxed) {
+        let s = &t.stats;
+        let on = |b: &std::sync::atomic::AtomicBool| b.load(Ordering::Relaxed);
+        if on(&s.paused) {
             "paused"
-        } else if t.stats.down.load(Ordering::Relaxed) {
-            if t.stats.refused.load(Ordering::Relaxed) {
+        } else if on(&s.down) {
+            if on(&s.refused) {
                 "refused"
+            } else if on(&s.backoff) {
+                "backoff"
             } else {
                 "down"
             }
-        } else if t.stats.passing.load(Ordering::Relaxed) {
-            "initial sync"
+        } else if on(&s.passing) {
+            if on(&s.rescanning) {
+                "rescan"
+            } else {
+                "initial sync"
+            }
+        } else if on(&s.comparing) {
+            "rescan"
         } else {
             "live"
         }
@@ -175,6 +185,8 @@ impl Pipeline for Live {
                     batches: s.batches.load(Ordering::Relaxed),
                     failed_batches: s.failed_batches.load(Ordering::Relaxed),
                     paths_sent: s.paths_done.load(Ordering::Relaxed),
+                    files_sent: s.files_sent.load(Ordering::Relaxed),
+                    bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
                     rsync_runs: s.rsync_spawned.load(Ordering::Relaxed),
                     last_error: s.error(),
                 }
@@ -210,6 +222,13 @@ impl Pipeline for Live {
             rescans: get(|s| &s.rescans),
             lost: get(|s| &s.lost),
             stale: get(|s| &s.stale),
+            changes: crate::source::CHANGE_KINDS
+                .iter()
+                .enumerate()
+                .map(|(i, (_, name))| {
+                    (*name, s.map_or(0, |s| s.changes[i].load(Ordering::Relaxed)))
+                })
+                .collect(),
             targets: self
                 .targets()
                 .iter()
@@ -236,6 +255,13 @@ impl Pipeline for Live {
                         batches_failed: load(&s.failed_batches),
                         paths_sent: load(&s.paths_done),
                         paths_dropped: load(&s.dropped),
+                        files_seen: load(&s.files_seen),
+                        files_sent: load(&s.files_sent),
+                        file_bytes: load(&s.file_bytes),
+                        bytes_sent: load(&s.bytes_sent),
+                        coalesced: t.map.coalesced(),
+                        pass_entries: load(&s.pass_entries),
+                        pass_total: load(&s.pass_total),
                         rsync_runs: load(&s.rsync_spawned),
                         failing_paths: load(&s.failed_paths),
                         exits: s

@@ -10,6 +10,7 @@ mod fdstore;
 mod live;
 mod pools;
 mod preflight;
+pub mod progress;
 pub mod restore;
 pub mod run;
 pub mod sync;

@@ -114,6 +114,7 @@ impl Pools {
                 cfg.source.clone(),
                 plan.state.clone(),
                 map.clone(),
+                stats.clone(),
             )),
             resume_after: plan.resume_after.clone().filter(|_| job == Job::Run),
         };
@@ -168,6 +169,14 @@ impl Pools {
                 .position(|n| *n == m.target.display)
                 .unwrap_or(usize::MAX)
         });
+    }
+
+    /// Each pool's name and counters, for the progress bars.
+    pub fn progress_targets(&self) -> Vec<(String, Arc<PoolStats>)> {
+        self.members
+            .iter()
+            .map(|m| (m.target.name.clone(), m.stats.clone()))
+            .collect()
     }
 
     /// Resolves once every pool's start-up pass is done (or its pool is gone).

@@ -4,6 +4,7 @@
 //! or a full pass with rsync that builds the index.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -329,7 +330,13 @@ pub fn recent(source: &Path, since: (i64, u32), targets: &[Compared], resumed: &
 }
 
 /// The catch-up a target's pool starts for a rescan of the whole tree.
-pub fn catch_up_for(source: PathBuf, state: Arc<TargetState>, map: Arc<DedupMap>) -> CatchUp {
+/// While its walk runs, the pool's `comparing` flag is up (status says `rescan`).
+pub fn catch_up_for(
+    source: PathBuf,
+    state: Arc<TargetState>,
+    map: Arc<DedupMap>,
+    stats: Arc<crate::transfer::PoolStats>,
+) -> CatchUp {
     Arc::new(move || {
         if !state.is_complete() {
             return false;
@@ -341,10 +348,23 @@ pub fn catch_up_for(source: PathBuf, state: Arc<TargetState>, map: Arc<DedupMap>
         // The rescan's entry leaves the map now: a kill during the walk leaves it owed.
         state.set_walk_owed(Some((0, 0)));
         let source = source.clone();
+        let comparing = stats.clone();
+        comparing.comparing.store(true, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("catch-up".into())
-            .spawn(move || walk(&source, &[t], true));
+            .spawn(move || {
+                // Lowered however the walk ends (a panic included).
+                struct Lower(Arc<crate::transfer::PoolStats>);
+                impl Drop for Lower {
+                    fn drop(&mut self) {
+                        self.0.comparing.store(false, Ordering::Relaxed);
+                    }
+                }
+                let _lower = Lower(comparing);
+                walk(&source, &[t], true);
+            });
         if let Err(e) = spawned {
+            stats.comparing.store(false, Ordering::Relaxed);
             warn!("cannot start the catch-up walk ({e}): full pass instead");
             return false;
         }

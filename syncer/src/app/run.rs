@@ -112,6 +112,11 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
     let mut pools = Pools::start(&cfg, cfg.initial_sync, Job::Run, &shutdown, &planned);
     let mut initial = initial_sync(&cfg, &planned, &mut pools);
     let mut initial_reported = !cfg.initial_sync;
+    // On a terminal, bars for the start-up pass, gone once the initial sync is.
+    let mut progress = cfg
+        .initial_sync
+        .then(|| super::progress::Progress::start(pools.progress_targets()))
+        .flatten();
     if !cfg.initial_sync {
         info!("initial sync finished (skipped: --no-initial-sync)");
     }
@@ -189,6 +194,7 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
             _ = int.recv() => { info!("SIGINT: draining"); break; }
             _ = &mut initial, if !initial_reported => {
                 initial_reported = true;
+                drop(progress.take());
                 info!(ms = started.elapsed().as_millis() as u64, "initial sync finished");
             }
             _ = exited(&mut src) => {

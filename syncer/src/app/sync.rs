@@ -21,7 +21,9 @@ pub async fn sync(cfg: Config) -> Result<(), RunError> {
         p.pass = true;
     }
     let pools = Pools::start(&cfg, true, Job::Sync, &shutdown, &planned);
+    let progress = super::progress::Progress::start(pools.progress_targets());
     let r = pools.finish().await;
+    drop(progress);
     if r.is_ok() {
         info!(ms = started.elapsed().as_millis() as u64, "sync finished");
     }

@@ -51,8 +51,10 @@ pub struct TargetStatus {
     pub name: String,
     /// Its URL or directory, as configured.
     pub url: String,
-    /// `initial sync`, `live`, `down`, `refused` (down because it turns syncer away: a
-    /// password, a module, a key) or `paused`.
+    /// `initial sync`, `live`, `rescan` (a pass over the tree after a loss or an operator's
+    /// `rescan`), `down` (unreachable, probed), `backoff` (it answered but failed: waiting
+    /// before the next attempt), `refused` (it turns syncer away: a password, a module, a
+    /// key) or `paused`.
     pub state: String,
     /// Paths queued or in flight.
     pub pending: u64,
@@ -65,6 +67,11 @@ pub struct TargetStatus {
     pub batches: u64,
     pub failed_batches: u64,
     pub paths_sent: u64,
+    /// Regular files whose contents rsync sent, and the bytes it put on the wire.
+    #[serde(default)]
+    pub files_sent: u64,
+    #[serde(default)]
+    pub bytes_sent: u64,
     pub rsync_runs: u64,
     /// The last failure's reason as rsync gave it (none since the last success).
     pub last_error: Option<String>,

@@ -17,7 +17,15 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// The states a target's `syncer_target_state` gauge names (one of them is 1).
-pub const STATES: [&str; 5] = ["initial sync", "live", "down", "refused", "paused"];
+pub const STATES: [&str; 7] = [
+    "initial sync",
+    "live",
+    "rescan",
+    "down",
+    "backoff",
+    "refused",
+    "paused",
+];
 
 /// One target's numbers at a scrape.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +42,18 @@ pub struct TargetMetrics {
     pub batches_failed: u64,
     pub paths_sent: u64,
     pub paths_dropped: u64,
+    /// What rsync said of its runs: entries it looked at, regular files it sent, their size,
+    /// the bytes on the wire.
+    pub files_seen: u64,
+    pub files_sent: u64,
+    pub file_bytes: u64,
+    pub bytes_sent: u64,
+    /// Changes folded into an entry already pending.
+    pub coalesced: u64,
+    /// The pass under way (or the last): entries rsync looked at, and the estimate of all
+    /// it will meet (0: unknown).
+    pub pass_entries: u64,
+    pub pass_total: u64,
     pub rsync_runs: u64,
     pub failing_paths: u64,
     /// rsync exit codes and how often (-1: a signal, or it could not run).
@@ -52,6 +72,8 @@ pub struct Snapshot {
     pub rescans: u64,
     pub lost: u64,
     pub stale: u64,
+    /// Changes handed on, by kind (`created`, `modified`, `removed`, `moved_in`, `rescan`).
+    pub changes: Vec<(&'static str, u64)>,
     pub targets: Vec<TargetMetrics>,
 }
 
@@ -133,6 +155,18 @@ impl Collector for Collect {
             "Records dropped because their directory was already gone",
             s.stale,
         )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "syncer_source_changes",
+                "Changes the source handed on, by kind",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, v) in &s.changes {
+                ConstCounter::new(*v)
+                    .encode(m.encode_family(&vec![("kind", kind.to_string())])?)?;
+            }
+        }
         use MetricType::{Counter, Gauge};
         self.per_target(
             &mut enc,
@@ -182,6 +216,55 @@ impl Collector for Collect {
             "Paths that needed no transfer (below a directory replaced by a file)",
             Counter,
             |t| t.paths_dropped as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_files_sent",
+            "Regular files whose contents rsync sent",
+            Counter,
+            |t| t.files_sent as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_file_bytes_sent",
+            "Size of the files rsync sent",
+            Counter,
+            |t| t.file_bytes as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_bytes_sent",
+            "Bytes rsync put on the wire (after delta encoding)",
+            Counter,
+            |t| t.bytes_sent as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_entries_checked",
+            "Entries rsync looked at",
+            Counter,
+            |t| t.files_seen as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_coalesced",
+            "Changes folded into one already pending (a transfer saved each)",
+            Counter,
+            |t| t.coalesced as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_pass_entries",
+            "Entries the pass under way (or the last) has compared",
+            Gauge,
+            |t| t.pass_entries as f64,
+        )?;
+        self.per_target(
+            &mut enc,
+            "syncer_pass_entries_estimated",
+            "Entries the pass under way is expected to meet (0: unknown)",
+            Gauge,
+            |t| t.pass_total as f64,
         )?;
         self.per_target(
             &mut enc,
@@ -309,11 +392,14 @@ mod tests {
         let text = render(Snapshot {
             source_kind: "fanotify".into(),
             events: 10,
+            changes: vec![("created", 4), ("modified", 6)],
             targets: vec![TargetMetrics {
                 name: "host/mod".into(),
                 state: "live".into(),
                 pending: 3,
                 paths_sent: 7,
+                bytes_sent: 4096,
+                coalesced: 2,
                 exits: vec![(0, 5), (23, 1)],
                 batch_buckets: vec![(0.1, 4), (1.0, 2), (f64::MAX, 0)],
                 batch_seconds_sum: 1.5,
@@ -326,6 +412,10 @@ mod tests {
             "syncer_source_events_total 10",
             "syncer_target_pending{target=\"host/mod\"} 3",
             "syncer_paths_sent_total{target=\"host/mod\"} 7",
+            "syncer_source_changes_total{kind=\"modified\"} 6",
+            "syncer_bytes_sent_total{target=\"host/mod\"} 4096",
+            "syncer_coalesced_total{target=\"host/mod\"} 2",
+            "syncer_target_state{target=\"host/mod\",state=\"backoff\"} 0",
             "syncer_target_state{target=\"host/mod\",state=\"live\"} 1",
             "syncer_target_state{target=\"host/mod\",state=\"down\"} 0",
             "syncer_rsync_exits_total{target=\"host/mod\",code=\"23\"} 1",

@@ -82,6 +82,8 @@ pub struct DedupMap {
     covering_inflight: AtomicUsize,
     wake: tokio::sync::Notify,
     journal: Option<Arc<dyn Journal>>,
+    /// Changes folded into an entry already pending (each one a transfer saved).
+    coalesced: std::sync::atomic::AtomicU64,
 }
 
 impl DedupMap {
@@ -96,6 +98,7 @@ impl DedupMap {
             covering_inflight: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
             journal: None,
+            coalesced: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -138,25 +141,30 @@ impl DedupMap {
         }
         let mut timers = self.timers();
         let mut changed = Vec::new();
+        let mut folded = 0;
         for c in changes {
-            if let Some(state) = self.insert_one(c, now, &mut timers) {
+            let (state, was_pending) = self.insert_one(c, now, &mut timers);
+            folded += u64::from(was_pending);
+            if let Some(state) = state {
                 if self.journal.is_some() {
                     changed.push((c.path.as_path(), Some(state)));
                 }
             }
         }
         drop(timers);
+        self.coalesced.fetch_add(folded, Ordering::Relaxed);
         self.journal(&changed);
         self.wake.notify_one();
     }
 
-    /// Applies one change; returns the path's new (op, is_dir) if it differs from before.
+    /// Applies one change; returns the path's new (op, is_dir) if it differs from before,
+    /// and whether the change was folded into an entry already pending.
     fn insert_one(
         &self,
         c: &Change,
         now: Instant,
         timers: &mut BinaryHeap<Timer>,
-    ) -> Option<(Op, bool)> {
+    ) -> (Option<(Op, bool)>, bool) {
         let mut slot = match self.slots.get_mut(c.path.as_path()) {
             Some(slot) => slot,
             None => self
@@ -198,7 +206,12 @@ impl DedupMap {
         self.count(&pending);
         let after = (pending.op, pending.is_dir);
         slot.pending = Some(pending);
-        (before != Some(after)).then_some(after)
+        ((before != Some(after)).then_some(after), before.is_some())
+    }
+
+    /// Changes folded into an entry already pending, so far.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(Ordering::Relaxed)
     }
 
     /// Schedules `op` on `path` directly (the rescan planner's `Tree` and `Shallow` requests),
@@ -486,8 +499,15 @@ mod tests {
         let got = m.take_due(t0 + Duration::from_millis(95), 100, false);
         assert_eq!(paths(&got), ["a"]);
         assert_eq!(got[0].pending.op, Op::Update);
+        assert_eq!(m.coalesced(), 2, "three events, one entry");
         m.complete(Path::new("a"), None);
         assert!(m.is_empty());
+        m.insert_all(&[ch("a", Modified, false)], t0 + Duration::from_millis(200));
+        assert_eq!(
+            m.coalesced(),
+            2,
+            "a new entry after the transfer folds nothing"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod reader;
 
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -122,6 +122,37 @@ pub struct SourceStats {
     pub lost: AtomicU64,
     /// The reader loop's turns (at least one per poll timeout while it runs).
     pub alive: crate::alive::Ticker,
+    /// Changes handed on, by [`crate::change::ChangeKind`] (see [`CHANGE_KINDS`]).
+    pub changes: [AtomicU64; CHANGE_KINDS.len()],
+}
+
+/// The kinds of change counted in [`SourceStats::changes`], as metrics name them.
+pub const CHANGE_KINDS: [(crate::change::ChangeKind, &str); 5] = {
+    use crate::change::ChangeKind::*;
+    [
+        (Created, "created"),
+        (Modified, "modified"),
+        (Removed, "removed"),
+        (MovedIn, "moved_in"),
+        (Rescan, "rescan"),
+    ]
+};
+
+impl SourceStats {
+    /// Counts `changes` by kind.
+    pub fn count_changes(&self, changes: &[Change]) {
+        let mut n = [0u64; CHANGE_KINDS.len()];
+        for c in changes {
+            if let Some(i) = CHANGE_KINDS.iter().position(|(k, _)| *k == c.kind) {
+                n[i] += 1;
+            }
+        }
+        for (counter, n) in self.changes.iter().zip(n) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// What a started source needs.

@@ -69,6 +69,7 @@ pub(super) fn run(
                 // Tests stop a reader here, holding a read it kept and did not hand on
                 // (`FAILPOINTS=source-handing=pause`), and kill the process.
                 fail::fail_point!("source-handing");
+                stats.count_changes(&out);
                 sink.push(&out);
                 out.clear();
             }

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use self::rsync::{BatchKind, Outcome, RsyncOptions};
+pub use self::rsync::{BatchKind, Outcome, RsyncOptions, RunStats};
 
 /// A target that cannot be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +192,12 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// The changes that make the target match the source, read from a check's output.
     fn drift(&self, _out: &[u8]) -> Vec<crate::change::Change> {
         Vec::new()
+    }
+
+    /// What a [`Transport::sync`] process reported of itself, read from the end of its
+    /// standard output (zero where it said nothing).
+    fn run_stats(&self, _out: &[u8]) -> RunStats {
+        RunStats::default()
     }
 }
 

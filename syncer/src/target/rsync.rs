@@ -81,6 +81,10 @@ impl Transport for Rsync {
         drift(out)
     }
 
+    fn run_stats(&self, out: &[u8]) -> RunStats {
+        run_stats(out)
+    }
+
     fn reach(&self) -> Option<Invocation> {
         if matches!(self.target.kind, super::TargetKind::Local(_)) {
             return None;
@@ -222,8 +226,49 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
             a.push("--delete".into());
         }
     }
+    // The totals at the end, for the byte and file counters (plain digits, whatever the
+    // locale; the operator's own arguments come later and may override it).
+    a.push("--info=stats2".into());
+    a.push("--no-human-readable".into());
     connection_and_ends(&mut a, opts, source, target);
     a
+}
+
+/// What one rsync run reports of itself (`--info=stats2`); zero where it said nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Entries rsync looked at ("Number of files").
+    pub files_seen: u64,
+    /// Regular files whose contents it sent ("Number of regular files transferred").
+    pub files_sent: u64,
+    /// Their size ("Total transferred file size").
+    pub file_bytes: u64,
+    /// Bytes on the wire, after delta encoding ("Total bytes sent").
+    pub bytes_sent: u64,
+}
+
+/// Reads [`RunStats`] from the end of rsync's standard output. Numbers may carry digit
+/// separators (`1,234`); a number printed with units (`-h`) is not counted.
+pub fn run_stats(out: &[u8]) -> RunStats {
+    let text = String::from_utf8_lossy(out);
+    let mut s = RunStats::default();
+    for line in text.lines() {
+        let Some((key, rest)) = line.split_once(": ") else {
+            continue;
+        };
+        let field = match key.trim() {
+            "Number of files" => &mut s.files_seen,
+            "Number of regular files transferred" => &mut s.files_sent,
+            "Total transferred file size" => &mut s.file_bytes,
+            "Total bytes sent" => &mut s.bytes_sent,
+            _ => continue,
+        };
+        let word = rest.split_whitespace().next().unwrap_or_default();
+        if let Ok(n) = word.replace([',', '.', '\''], "").parse::<u64>() {
+            *field = n;
+        }
+    }
+    s
 }
 
 /// What every transfer ends with: [`connection`], then `SOURCE/ DEST`.
@@ -449,6 +494,32 @@ mod tests {
             "changed files must not be quick-checked"
         );
         assert!(!plain.iter().any(|x| x == "-r" || x == "--delete"));
+    }
+
+    #[test]
+    fn run_stats_from_rsync_output() {
+        let full =
+            "\nNumber of files: 3 (reg: 2, dir: 1)\nNumber of created files: 3 (reg: 2, dir: 1)\n\
+Number of deleted files: 0\nNumber of regular files transferred: 2\nTotal file size: 11 bytes\n\
+Total transferred file size: 11 bytes\nLiteral data: 11 bytes\nMatched data: 0 bytes\n\
+File list size: 0\nTotal bytes sent: 185\nTotal bytes received: 57\n\n\
+sent 185 bytes  received 57 bytes  484.00 bytes/sec\ntotal size is 11  speedup is 0.05\n";
+        #[rustfmt::skip]
+        let table: &[(&str, RunStats)] = &[
+            (full, RunStats { files_seen: 3, files_sent: 2, file_bytes: 11, bytes_sent: 185 }),
+            // Digit separators (rsync's default human-readable level 1).
+            ("Number of files: 1,234,567 (reg: 1,000,000)\nTotal bytes sent: 9,876,543\n",
+             RunStats { files_seen: 1_234_567, bytes_sent: 9_876_543, ..RunStats::default() }),
+            // Units (-h given by the operator): not a count; the others still are.
+            ("Number of regular files transferred: 4\nTotal bytes sent: 1.23K\n",
+             RunStats { files_sent: 4, ..RunStats::default() }),
+            // Nothing (rsync failed before the totals, or -q).
+            ("rsync: [sender] change_dir failed\n", RunStats::default()),
+            ("", RunStats::default()),
+        ];
+        for (out, want) in table {
+            assert_eq!(run_stats(out.as_bytes()), *want, "{out:?}");
+        }
     }
 
     #[test]

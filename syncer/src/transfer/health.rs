@@ -67,6 +67,12 @@ impl Health {
         (self.backoff, began)
     }
 
+    /// The last failure came from a target that answered (it was not unreachable): its
+    /// pause is a backoff, not an outage probes can end.
+    pub fn answered(&self) -> bool {
+        self.since.is_some() && !self.probe
+    }
+
     /// How long the current outage has lasted.
     pub fn outage(&self, now: Instant) -> Option<Duration> {
         self.since.map(|s| now.saturating_duration_since(s))
@@ -169,13 +175,16 @@ mod tests {
             !h.is_down(s(2100)),
             "a probe that connects ends the pause at once"
         );
+        assert!(!h.answered(), "unreachable: an outage, not a backoff");
         // Reached, but refused (e.g. a wrong password): no probing, the backoff holds.
         let (pause, began) = h.failed(s(2200), false);
+        assert!(h.answered(), "it answered: a backoff");
         assert!(!began, "still the same outage");
         assert_eq!(pause, DOWN_MAX);
         assert!(!h.probe_due(s(5000)));
         assert_eq!(h.outage(s(5000)), Some(Duration::from_secs(5)));
         assert_eq!(h.succeeded(s(6000)), Some(Duration::from_secs(6)));
+        assert!(!h.answered(), "up again");
         assert!(h.failed(s(7000), true).1, "a new outage");
     }
 

@@ -74,6 +74,23 @@ pub struct PoolStats {
     pub last_error: std::sync::Mutex<String>,
     /// rsync's exit codes so far, by code (-1: killed by a signal, or could not run).
     pub exits: std::sync::Mutex<std::collections::BTreeMap<i32, u64>>,
+    /// What rsync said it did (see [`crate::target::RunStats`]), summed over its runs.
+    pub files_seen: AtomicU64,
+    pub files_sent: AtomicU64,
+    pub file_bytes: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Down, but the target answered (neither unreachable nor refusing): waiting out a
+    /// backoff before the next attempt.
+    pub backoff: std::sync::atomic::AtomicBool,
+    /// The pass running is a rescan's, not the start-up's.
+    pub rescanning: std::sync::atomic::AtomicBool,
+    /// A walk of the source against this target's index runs (a rescan with an index).
+    pub comparing: std::sync::atomic::AtomicBool,
+    /// The pass under way (or the last one): entries rsync looked at in its pieces, the file
+    /// bytes they sent, and an estimate of the entries it will meet (0: unknown).
+    pub pass_entries: AtomicU64,
+    pub pass_bytes: AtomicU64,
+    pub pass_total: AtomicU64,
     /// How long batches took: counts per bucket of [`BATCH_SECONDS`] (the last: above them).
     pub batch_buckets: [AtomicU64; BATCH_SECONDS.len() + 1],
     pub batch_micros: AtomicU64,
@@ -104,6 +121,23 @@ impl PoolStats {
             took.as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Adds one run's totals.
+    pub fn record_sent(&self, s: crate::target::RunStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.files_seen.fetch_add(s.files_seen, Relaxed);
+        self.files_sent.fetch_add(s.files_sent, Relaxed);
+        self.file_bytes.fetch_add(s.file_bytes, Relaxed);
+        self.bytes_sent.fetch_add(s.bytes_sent, Relaxed);
+    }
+
+    /// A pass begins, expected to meet about `total` entries (0: unknown).
+    pub fn pass_began(&self, total: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.pass_entries.store(0, Relaxed);
+        self.pass_bytes.store(0, Relaxed);
+        self.pass_total.store(total, Relaxed);
     }
 
     /// Records the reason of a failure (`None`: a success clears it).

@@ -164,6 +164,22 @@ impl PassState {
     }
 }
 
+/// About how many entries a pass over the whole of `source` meets, when that can be told
+/// cheaply: the inodes in use on its filesystem, when `source` is that filesystem's root
+/// (a directory below it shares the count with its neighbours: `None`).
+pub fn entries_estimate(source: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(source).ok()?;
+    let parent = std::fs::metadata(source.join("..")).ok()?;
+    let root = here.dev() != parent.dev() || here.ino() == parent.ino();
+    if !root {
+        return None;
+    }
+    let st = nix::sys::statvfs::statvfs(source).ok()?;
+    let used = st.files().saturating_sub(st.files_free());
+    (used > 0).then_some(used)
+}
+
 /// The completed prefix of a pass's pieces, in walk order: each piece handed out counts its
 /// parts still out (a failed piece is retried in parts); once the pieces at the front are all
 /// done, every directory up to the last of them is on the target.

@@ -1,6 +1,6 @@
 //! A shard: one task per rsync slot of a target, running one process at a time for the batches
 //! the dispatcher hands it, and sending each outcome back. [`run_process`] (behind
-//! [`run_invocation`] for batches and [`run_check`] for the periodic verify's contents check) is
+//! the batches and [`run_check`] for the periodic verify's contents check) is
 //! the only place in syncer that spawns processes.
 
 use std::path::{Path, PathBuf};
@@ -59,9 +59,20 @@ pub async fn shard_task(ctx: ShardCtx, mut rx: mpsc::Receiver<Batch>) {
             (None, _) => None,
         };
         let tag = ctx.index.as_ref().map(|(_, s)| s.tag().to_string());
-        let (code, stderr) = run_invocation(inv, tag).await;
+        let (code, stdout, stderr) = run_process(inv, tag, Keep::Tail).await;
         if code.is_ok() {
             ctx.stats.rsync_spawned.fetch_add(1, Ordering::Relaxed);
+            let sent = ctx.transport.run_stats(&stdout);
+            tracing::debug!(shard = ctx.shard, paths = batch.entries.len(), kind = ?batch.kind, ?sent, "rsync ran");
+            ctx.stats.record_sent(sent);
+            if matches!(batch.origin, super::Origin::Pass { .. }) {
+                ctx.stats
+                    .pass_entries
+                    .fetch_add(sent.files_seen, Ordering::Relaxed);
+                ctx.stats
+                    .pass_bytes
+                    .fetch_add(sent.file_bytes, Ordering::Relaxed);
+            }
         }
         ctx.stats.record_run(code, start.elapsed());
         let outcome = match code {
@@ -113,14 +124,17 @@ async fn prestat(source: &Path, state: &Arc<TargetState>, batch: &Batch) -> Vec<
     .unwrap_or_default()
 }
 
-/// Most of a process's stderr kept for the log.
-const STDERR_KEEP: usize = 8192;
+/// Most of a process's stderr kept for the log, and of a batch's stdout for its totals.
+const TAIL_KEEP: usize = 8192;
 
-/// Runs one invocation: its stdin written, its stderr kept (the end of it). Returns the exit
-/// code (`None`: killed by a signal), or `Err` when it could not be started, with the reason.
-async fn run_invocation(inv: Invocation, tag: Option<String>) -> (Result<Option<i32>, ()>, String) {
-    let (code, _, stderr) = run_process(inv, tag, false).await;
-    (code, stderr)
+/// How much of a process's standard output is kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The end ([`TAIL_KEEP`] bytes or more): a batch's totals (the operator's `-v` may
+    /// print a line per file before them).
+    Tail,
+    /// All of it: a check's itemized list.
+    Whole,
 }
 
 /// Runs a check (see [`crate::target::Transport::check`]): like a batch's process, with its
@@ -129,7 +143,28 @@ pub async fn run_check(
     inv: Invocation,
     tag: Option<String>,
 ) -> (Result<Option<i32>, ()>, Vec<u8>, String) {
-    run_process(inv, tag, true).await
+    run_process(inv, tag, Keep::Whole).await
+}
+
+/// Reads `pipe` to its end, keeping everything or only the last [`TAIL_KEEP`] bytes or so.
+async fn read_pipe(pipe: Option<impl tokio::io::AsyncRead + Unpin>, keep: Keep) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let Some(mut pipe) = pipe else {
+        return buf;
+    };
+    let mut chunk = [0u8; 4096];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if keep == Keep::Tail && buf.len() > 2 * TAIL_KEEP {
+                    buf.drain(..buf.len() - TAIL_KEEP);
+                }
+            }
+        }
+    }
+    buf
 }
 
 /// The service manager's environment, kept from rsync.
@@ -145,16 +180,12 @@ const SERVICE_VARS: [&str; 6] = [
 async fn run_process(
     inv: Invocation,
     tag: Option<String>,
-    keep_stdout: bool,
+    keep: Keep,
 ) -> (Result<Option<i32>, ()>, Vec<u8>, String) {
     let mut cmd = tokio::process::Command::new(&inv.program);
     cmd.args(&inv.args)
         .stdin(Stdio::piped())
-        .stdout(if keep_stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     // Tagged, so that a syncer starting on this state after a crash can find and stop the
@@ -177,43 +208,22 @@ async fn run_process(
             )
         }
     };
-    let (Some(mut stdin), Some(mut stderr)) = (child.stdin.take(), child.stderr.take()) else {
+    let Some(mut stdin) = child.stdin.take() else {
         return (
             Err(()),
             Vec::new(),
             "the child's pipes were not set up".into(),
         );
     };
-    let stdout = child.stdout.take();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let list = inv.stdin;
     let writer = async move {
         // The process may exit early (target down) and close the pipe: its exit code says so.
         let _ = stdin.write_all(&list).await;
         drop(stdin);
     };
-    let reader = async move {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stderr.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > 2 * STDERR_KEEP {
-                        buf.drain(..buf.len() - STDERR_KEEP);
-                    }
-                }
-            }
-        }
-        buf
-    };
-    let output = async move {
-        let mut out = Vec::new();
-        if let Some(mut s) = stdout {
-            let _ = s.read_to_end(&mut out).await;
-        }
-        out
-    };
+    let reader = read_pipe(stderr, Keep::Tail);
+    let output = read_pipe(stdout, keep);
     let (_, err, out) = tokio::join!(writer, reader, output);
     let text = String::from_utf8_lossy(&err).into_owned();
     match child.wait().await {

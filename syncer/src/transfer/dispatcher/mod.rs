@@ -320,12 +320,18 @@ impl Dispatcher {
     /// the supervisor to read.
     pub fn turn(&self, now: Instant) {
         self.stats.alive.tick();
+        let down = self.health.outage(now).is_some();
+        self.stats.down.store(down, Ordering::Relaxed);
         self.stats
-            .down
-            .store(self.health.outage(now).is_some(), Ordering::Relaxed);
+            .backoff
+            .store(down && self.health.answered(), Ordering::Relaxed);
         self.stats
             .passing
             .store(self.pass.is_some(), Ordering::Relaxed);
+        self.stats.rescanning.store(
+            self.pass.as_ref().is_some_and(|p| !p.initial),
+            Ordering::Relaxed,
+        );
     }
 
     /// When the loop must look again, at the latest.

@@ -50,6 +50,11 @@ impl Dispatcher {
             (None, Some(s)) => s.set_pass_covered(None),
             (None, None) => {}
         }
+        self.stats.pass_began(if rel.as_os_str().is_empty() {
+            crate::transfer::passes::entries_estimate(&self.source).unwrap_or(0)
+        } else {
+            0
+        });
         let p = PassState::start(
             self.source.clone(),
             rel.clone(),
