@@ -579,3 +579,56 @@ fn a_reload_adds_changes_and_removes_targets_and_keeps_running_on_a_broken_confi
     assert_converges(src, local, CONVERGE_TIMEOUT);
     syncer.stop();
 }
+
+/// A pause outlives a restart (an operator pauses a target for its maintenance, and a restart
+/// of syncer meanwhile must not start sending to it); what it held stays queued, and a resume
+/// sends it.
+#[test]
+fn a_pause_outlives_a_restart() {
+    let Some(rig) = Rig::new() else { return };
+    let src = &rig.src;
+    make_tree(&src.join("t"), &TreeSpec::new(20));
+    let mut syncer = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut syncer);
+    let socket = rig.control_socket();
+    let (code, out, err) = client(&socket, &["pause", "2"]);
+    assert!(code == 0 && out.contains("paused"), "pause: {out}{err}");
+    write_file(&src.join("t/held"), b"held over a restart");
+    let daemon_copy = rig.target_dirs()[0].join("t/held");
+    let t0 = Instant::now();
+    while !daemon_copy.exists() {
+        assert!(
+            t0.elapsed() < MARKER_TIMEOUT,
+            "the daemon target never got t/held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = syncer.stop();
+    assert!(
+        log.contains("paused"),
+        "the drain says it left the paused target:\n{log}"
+    );
+
+    let mut syncer = rig.spawn(SourceKind::Fanotify, &[]);
+    syncer.wait_for_log("paused by the operator before this start", MARKER_TIMEOUT);
+    let s = wait_status(&socket, "the restarted syncer answers", |s| {
+        target(s, 1)["state"] == "paused"
+    });
+    assert!(target(&s, 1)["pending"].as_u64() >= Some(1), "{s:#}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let local_copy = rig.target_dirs()[1].join("t/held");
+    assert!(
+        !local_copy.exists(),
+        "a target paused before the restart received a change"
+    );
+
+    let (code, _, err) = client(&socket, &["resume", "2"]);
+    assert_eq!(code, 0, "resume: {err}");
+    rig.assert_converges(&mut syncer);
+    syncer.stop();
+    // Resumed for good: the next start sends at once.
+    let mut syncer = rig.start(SourceKind::Fanotify);
+    write_file(&src.join("t/after"), b"after the resume");
+    rig.assert_converges(&mut syncer);
+    syncer.stop();
+}

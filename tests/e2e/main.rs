@@ -36,5 +36,6 @@ mod relative;
 mod rename;
 mod samefs;
 mod shutdown;
+mod ssh;
 mod supervise;
 mod systemd;

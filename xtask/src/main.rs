@@ -79,6 +79,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // A real systemd as PID 1 of a container (the fd store scenario).
     ("systemd-nspawn", "systemd-container"),
     ("nsenter", "util-linux"),
+    // A real sshd on 127.0.0.1 for the ssh target scenario.
+    ("/usr/sbin/sshd", "openssh-server"),
     // The OpenMetrics parser the metrics scenario checks scrapes with (Debian's python3's).
     (
         "/usr/lib/python3/dist-packages/prometheus_client/__init__.py",

@@ -88,7 +88,11 @@ impl Live {
     }
 
     /// The handles of `target` (its name, URL, or number from 1).
-    fn find(&self, target: &str) -> Result<(Arc<PoolStats>, Arc<DedupMap>, String), String> {
+    #[allow(clippy::type_complexity)]
+    fn find(
+        &self,
+        target: &str,
+    ) -> Result<(Arc<PoolStats>, Arc<DedupMap>, Arc<TargetState>, String), String> {
         let all = self.targets();
         let hit = all
             .iter()
@@ -101,7 +105,12 @@ impl Live {
                     .and_then(|i| all.get(i))
             });
         if let Some(t) = hit {
-            return Ok((t.stats.clone(), t.map.clone(), t.name.clone()));
+            return Ok((
+                t.stats.clone(),
+                t.map.clone(),
+                t.state.clone(),
+                t.name.clone(),
+            ));
         }
         let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
         Err(format!(
@@ -296,7 +305,9 @@ impl Pipeline for Live {
     }
 
     fn pause(&self, target: &str, paused: bool) -> Result<String, String> {
-        let (stats, map, name) = self.find(target)?;
+        let (stats, map, state, name) = self.find(target)?;
+        // Kept in the state first: a restart right after still finds it.
+        state.set_paused(paused);
         let was = stats.paused.swap(paused, Ordering::Relaxed);
         if was != paused {
             tracing::info!(target = %name, pending = map.len(), "{}", if paused { "paused by the operator: changes stay queued" } else { "resumed by the operator" });

@@ -92,6 +92,11 @@ impl Pools {
     ) -> oneshot::Receiver<()> {
         let job = self.job;
         let map = plan.map.clone();
+        if job == Job::Run && plan.state.paused() {
+            stats.paused.store(true, Ordering::Relaxed);
+            tracing::warn!(target = %target.name, pending = map.len(),
+                "paused by the operator before this start: its changes stay queued until `syncer resume {}`", target.name);
+        }
         let (tx, rx) = oneshot::channel();
         let pool = Pool {
             target: target.clone(),

@@ -108,8 +108,11 @@ pub struct TargetTable {
     pub shards: Option<usize>,
     pub delay_ms: Option<u64>,
     pub password_file: Option<PathBuf>,
-    /// After the global `rsync_args` (e.g. `["-e", "ssh -p 2222 -i /etc/syncer/id"]`).
+    /// After the global `rsync_args`.
     pub rsync_args: Option<Vec<String>>,
+    /// ssh's arguments for an ssh target (e.g. `["-p", "2222", "-i", "/etc/syncer/id"]`),
+    /// after syncer's own (`-o BatchMode=yes -o ConnectTimeout=10`).
+    pub ssh_options: Option<Vec<String>>,
 }
 
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(50);
@@ -447,6 +450,21 @@ fn table_targets(
             target.delay = Some(Duration::from_millis(ms));
         }
         target.rsync_args = t.rsync_args.clone().unwrap_or_default();
+        if let Some(opts) = &t.ssh_options {
+            if !matches!(target.kind, crate::target::TargetKind::Ssh { .. }) {
+                return Err(invalid(
+                    "ssh_options",
+                    "only an ssh target ([user@]host:path) takes ssh options".into(),
+                ));
+            }
+            if let Some(bad) = opts.iter().find(|o| o.contains('\'') && o.contains('"')) {
+                return Err(invalid(
+                    "ssh_options",
+                    format!("{bad:?}: rsync cannot pass an argument with both kinds of quote"),
+                ));
+            }
+            target.ssh_options = opts.clone();
+        }
         out.push(target);
     }
     if out.is_empty() {
@@ -558,7 +576,8 @@ mod tests {
         };
         let c = config(
             "[[target]]\nname = \"primary\"\nurl = \"rsync://b1.example/export\"\nshards = 3\ndelay_ms = 200\nrsync_args = [\"-H\"]\n\
-             [[target]]\nurl = \"/mnt/copy\"\n",
+             [[target]]\nurl = \"/mnt/copy\"\n\
+             [[target]]\nurl = \"backup@b2.example:/srv/copy\"\nssh_options = [\"-p\", \"2222\"]\n",
         )
         .unwrap();
         let t = &c.targets;
@@ -571,6 +590,7 @@ mod tests {
             (t[1].name.as_str(), t[1].shards, t[1].delay),
             ("copy", None, None)
         );
+        assert_eq!(t[2].ssh_options, ["-p", "2222"]);
         // The flat form names by the URL, made unique.
         let c =
             config("targets = [\"/a/data\", \"/b/data/\", \"rsync://u@h:873/m/sub\"]\n").unwrap();

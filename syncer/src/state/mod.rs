@@ -204,6 +204,7 @@ impl State {
             complete_key: format!("complete-{id}"),
             covered_key: format!("covered-{id}"),
             owed_key: format!("owed-{id}"),
+            paused_key: format!("paused-{id}"),
             tag: self.dir.display().to_string(),
             writer: self.writer.clone(),
             linked: Default::default(),

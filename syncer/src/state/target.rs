@@ -25,12 +25,17 @@ pub struct TargetState {
     pub(super) covered_key: String,
     /// Where a walk that started and has not ended is noted ([`TargetState::walk_owed`]).
     pub(super) owed_key: String,
+    /// Where an operator's pause is kept ([`TargetState::paused`]).
+    pub(super) paused_key: String,
     pub(super) tag: String,
     pub(super) writer: Writer,
     /// Hard-linked names the walks met, until the dispatcher takes them (see
     /// [`TargetState::note_links`]).
     pub(super) linked: std::sync::Mutex<Vec<NotedLink>>,
 }
+
+/// The value of a target's pause key.
+const PAUSED: &[u8] = b"paused";
 
 /// A hard-linked name a walk met: path, metadata, and whether a transfer that succeeds sends it
 /// as it was read (so that its other names must follow).
@@ -236,6 +241,22 @@ impl TargetState {
             self.owed_key.as_bytes().to_vec(),
             v,
         )]);
+    }
+
+    /// Whether the operator paused this target (`syncer pause`) and has not resumed it: a
+    /// pause outlives restarts, as an operator who paused a target for maintenance expects.
+    pub fn paused(&self) -> bool {
+        matches!(self.meta.get(&self.paused_key), Ok(Some(v)) if &*v == PAUSED)
+    }
+
+    /// Records a pause or a resume, durably before it returns.
+    pub fn set_paused(&self, paused: bool) {
+        self.send(vec![(
+            self.meta.clone(),
+            self.paused_key.as_bytes().to_vec(),
+            paused.then(|| PAUSED.to_vec()),
+        )]);
+        self.flush();
     }
 
     /// Forgets the whole index (a full pass follows).

@@ -47,6 +47,8 @@ pub struct Target {
     pub delay: Option<std::time::Duration>,
     /// rsync arguments for this target alone, after the global `rsync_args`.
     pub rsync_args: Vec<String>,
+    /// ssh's arguments, for an ssh target (see [`rsync::ssh_command`]).
+    pub ssh_options: Vec<String>,
 }
 
 impl Target {
@@ -98,6 +100,7 @@ impl Target {
             shards: None,
             delay: None,
             rsync_args: Vec::new(),
+            ssh_options: Vec::new(),
         })
     }
 

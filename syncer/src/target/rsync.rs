@@ -280,10 +280,34 @@ fn connection_and_ends(a: &mut Vec<OsString>, opts: &RsyncOptions, source: &Path
     a.push(target.rsync_dest().into());
 }
 
+/// The remote shell of an ssh target: ssh that never prompts (a service has nobody to type
+/// a password or accept a host key: it fails at once, and the failure says why), gives up on
+/// a host that does not answer within 10 s, then the operator's `ssh_options`. Arguments are
+/// quoted the way rsync splits `-e` (spaces kept inside single or double quotes).
+pub fn ssh_command(options: &[String]) -> String {
+    let mut cmd = String::from("ssh -o BatchMode=yes -o ConnectTimeout=10");
+    for o in options {
+        cmd.push(' ');
+        if o.is_empty() || o.contains([' ', '\'', '"']) {
+            let q = if o.contains('\'') { '"' } else { '\'' };
+            cmd.push(q);
+            cmd.push_str(o);
+            cmd.push(q);
+        } else {
+            cmd.push_str(o);
+        }
+    }
+    cmd
+}
+
 /// How every rsync call reaches the target: the I/O timeout, the daemon's socket options,
-/// the password file, the operator's extra arguments.
+/// the password file, ssh's command, the operator's extra arguments (an `-e` among them wins).
 fn connection(a: &mut Vec<OsString>, opts: &RsyncOptions, target: &Target) {
     a.push(format!("--timeout={}", opts.io_timeout_s).into());
+    if matches!(target.kind, super::TargetKind::Ssh { .. }) {
+        a.push("-e".into());
+        a.push(ssh_command(&target.ssh_options).into());
+    }
     if target.is_daemon() {
         // Without TCP_NODELAY the client waits on delayed ACKs several times per session.
         a.push("--sockopts=TCP_NODELAY".into());
@@ -494,6 +518,23 @@ mod tests {
             "changed files must not be quick-checked"
         );
         assert!(!plain.iter().any(|x| x == "-r" || x == "--delete"));
+    }
+
+    #[test]
+    fn ssh_commands() {
+        let base = "ssh -o BatchMode=yes -o ConnectTimeout=10";
+        #[rustfmt::skip]
+        let table: &[(&[&str], &str)] = &[
+            (&[], ""),
+            (&["-p", "2222", "-i", "/etc/syncer/id"], " -p 2222 -i /etc/syncer/id"),
+            (&["-o", "ProxyCommand=ssh -W %h:%p bastion"], " -o 'ProxyCommand=ssh -W %h:%p bastion'"),
+            (&["-o", "x='a b'"], " -o \"x='a b'\""),
+            (&[""], " ''"),
+        ];
+        for (opts, tail) in table {
+            let opts: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+            assert_eq!(ssh_command(&opts), format!("{base}{tail}"), "{opts:?}");
+        }
     }
 
     #[test]
