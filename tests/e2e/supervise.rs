@@ -77,3 +77,47 @@ fn repeated_source_deaths_exit_1() {
     }
     assert_eq!(done.stderr.matches(RESTARTED).count(), 3, "{}", done.stderr);
 }
+
+/// The control socket's task dies (a panic from a failpoint at its first accept): the
+/// supervisor says so and starts it again, and `syncer status` answers; replication never
+/// stopped.
+#[test]
+fn a_dead_control_socket_task_is_started_again() {
+    if !failpoints() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    make_tree(&rig.src.join("t"), &TreeSpec::new(50));
+    let socket = rig.control_socket();
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["run".into(), "--source".into(), rig.src.clone().into()];
+    args.extend(rig.target_args());
+    args.extend(["--delay", DELAY_MS, "--control-socket"].map(Into::into));
+    args.push(socket.clone().into());
+    let mut cmd = std::process::Command::new(syncer_bin());
+    cmd.args(args).env(
+        "FAILPOINTS",
+        "control-serve=1*panic(killed by a failpoint)->off",
+    );
+    let mut syncer = Syncer::spawn_command(cmd);
+    syncer.wait_for_log(
+        "the control socket's task ended (a panic: killed by a failpoint): starting it again",
+        MARKER_TIMEOUT,
+    );
+    syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
+    let out = std::process::Command::new(syncer_bin())
+        .args(["status", "--json", "--control-socket"])
+        .arg(&socket)
+        .output()
+        .expect("syncer status runs");
+    assert!(
+        out.status.success(),
+        "status after the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+    assert_eq!(s["targets"].as_array().map(Vec::len), Some(2), "{s:#}");
+    write_file(&rig.src.join("t/after"), b"after the restart");
+    rig.assert_converges(&mut syncer);
+    syncer.stop();
+}

@@ -133,16 +133,10 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
     );
     // Its own stop: status answers through the drain too.
     let control_stop = Shutdown::new();
-    let control = start_control(&cfg, &live, &control_stop);
-    let metrics = metrics_listener.map(|listener| {
-        info!(addr = ?cfg.metrics_listen, "metrics served at /metrics");
-        let pipeline: Arc<dyn control::Pipeline> = live.clone();
-        tokio::spawn(crate::ops::metrics::serve(
-            listener,
-            pipeline,
-            control_stop.clone(),
-        ))
-    });
+    let mut control = start_control(&cfg, &live, &control_stop);
+    let mut metrics = metrics_listener.map(|l| start_metrics(l, &live, &control_stop));
+    // The control and metrics tasks started again when they end on their own (a panic).
+    let mut served_restarts = 0u32;
     // Tests hold the start here (`FAILPOINTS=service-ready=sleep(3000)`): the unit must not
     // be active before READY.
     fail::fail_point!("service-ready");
@@ -196,6 +190,26 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
                 initial_reported = true;
                 drop(progress.take());
                 info!(ms = started.elapsed().as_millis() as u64, "initial sync finished");
+            }
+            r = task_ended(&mut control) => {
+                served_restarts += 1;
+                if served_restarts <= SERVED_RESTARTS {
+                    error!("the control socket's task ended ({}): starting it again", joined(r));
+                    control = start_control(&cfg, &live, &control_stop);
+                } else {
+                    error!("the control socket's task ended ({}), too often: running without it", joined(r));
+                }
+            }
+            r = task_ended(&mut metrics) => {
+                served_restarts += 1;
+                let again = served_restarts <= SERVED_RESTARTS;
+                error!("the metrics task ended ({}){}", joined(r), if again { ": starting it again" } else { ", too often: running without it" });
+                if let (true, Some(addr)) = (again, cfg.metrics_listen) {
+                    match crate::ops::metrics::bind(addr).await {
+                        Ok(l) => metrics = Some(start_metrics(l, &live, &control_stop)),
+                        Err(e) => error!("listen for metrics on {addr} again: {e}: running without metrics"),
+                    }
+                }
             }
             _ = exited(&mut src) => {
                 let dead = src.take().expect("exited() only resolves with a source");
@@ -257,6 +271,47 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
     match fatal {
         Some(e) => Err(e),
         None => drained,
+    }
+}
+
+/// Restarts of the control and metrics tasks, together, before syncer runs on without them.
+const SERVED_RESTARTS: u32 = 10;
+
+/// The metrics task: it answers on `listener` until `stop`.
+fn start_metrics(
+    listener: tokio::net::TcpListener,
+    live: &Arc<Live>,
+    stop: &Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    info!(addr = ?listener.local_addr().ok(), "metrics served at /metrics");
+    let pipeline: Arc<dyn control::Pipeline> = live.clone();
+    tokio::spawn(crate::ops::metrics::serve(listener, pipeline, stop.clone()))
+}
+
+/// Resolves when `task` ends (never when there is none), leaving `None` behind.
+async fn task_ended(
+    task: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), tokio::task::JoinError> {
+    let r = match task.as_mut() {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    };
+    *task = None;
+    r
+}
+
+/// Why a task ended, for the log.
+fn joined(r: Result<(), tokio::task::JoinError>) -> String {
+    match r {
+        Ok(()) => "it returned".into(),
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .map_or("a panic".into(), |m| format!("a panic: {m}"))
+        }
+        Err(e) => e.to_string(),
     }
 }
 

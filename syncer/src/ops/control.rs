@@ -197,6 +197,9 @@ const HEAD_MAX: usize = 8192;
 /// Serves requests until `shutdown`: one at a time per connection, each answered and closed.
 pub async fn serve(listener: Listener, pipeline: Arc<dyn Pipeline>, shutdown: Shutdown) {
     loop {
+        // Tests kill this task here (`FAILPOINTS=control-serve=1*panic`): the supervisor
+        // must start it again.
+        fail::fail_point!("control-serve");
         let conn = tokio::select! {
             c = listener.inner.accept() => c,
             _ = shutdown.wait() => return,
