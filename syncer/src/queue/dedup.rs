@@ -37,6 +37,11 @@ struct Slot {
     covering_since: Option<Instant>,
     /// The first event the in-flight transfer stands for (for [`DedupMap::oldest`]).
     inflight_first: Option<Instant>,
+    /// The in-flight transfer deletes a directory. Its rsync may read the source after the
+    /// directory was made again (it then only brings the new directory's own entry up to
+    /// date, and the old contents stay on the target): a change seen meanwhile is taken as
+    /// following a pending deletion (a directory made again: the whole subtree).
+    inflight_dir_delete: bool,
 }
 
 impl Slot {
@@ -44,6 +49,7 @@ impl Slot {
         Slot {
             pending: None,
             inflight: false,
+            inflight_dir_delete: false,
             covering_since: None,
             inflight_first: None,
         }
@@ -174,7 +180,11 @@ impl DedupMap {
         };
         let key = slot.key().clone();
         let inflight = slot.inflight;
-        let cur = slot.pending.as_ref().map(|p| p.op);
+        let cur = slot
+            .pending
+            .as_ref()
+            .map(|p| p.op)
+            .or(slot.inflight_dir_delete.then_some(Op::Delete));
         let op = next_state(cur, c.kind, c.is_dir);
         trace!(path = %c.path.display(), kind = ?c.kind, dir = c.is_dir, ?op, inflight, "change");
         let before = slot.pending.as_ref().map(|p| (p.op, p.is_dir));
@@ -327,6 +337,7 @@ impl DedupMap {
                 continue;
             }
             slot.inflight = true;
+            slot.inflight_dir_delete = p.op == Op::Delete && p.is_dir;
             slot.inflight_first = Some(p.first);
             if p.covers_subtree() {
                 slot.covering_since = Some(now);
@@ -378,6 +389,7 @@ impl DedupMap {
             return;
         };
         slot.inflight = false;
+        slot.inflight_dir_delete = false;
         slot.inflight_first = None;
         if slot.covering_since.take().is_some() {
             self.covering_inflight.fetch_sub(1, Ordering::Relaxed);
@@ -508,6 +520,49 @@ mod tests {
             2,
             "a new entry after the transfer folds nothing"
         );
+    }
+
+    /// A directory removed and made again after its deletion was taken: the deletion's rsync
+    /// may run when the new directory is there (and leave the old contents on the target), so
+    /// what follows it compares the whole subtree.
+    #[test]
+    fn a_directory_made_again_while_its_deletion_is_in_flight() {
+        #[rustfmt::skip]
+        let table: &[(&str, ChangeKind, bool, Op)] = &[
+            // the change seen while the deletion of the directory `d` is in flight → the op after it
+            ("made again", Created, true, Op::Tree),
+            ("a file in its place", Created, false, Op::Update),
+            ("renamed in", MovedIn, true, Op::Tree),
+            ("removed again", Removed, true, Op::Delete),
+        ];
+        for &(why, kind, is_dir, want) in table {
+            let (m, t0) = map();
+            m.insert_all(&[ch("d", Removed, true)], t0);
+            let got = m.take_due(t0 + Duration::from_secs(1), 10, false);
+            assert_eq!(paths(&got), ["d"], "{why}");
+            m.insert_all(&[ch("d", kind, is_dir)], t0 + Duration::from_secs(1));
+            m.complete(Path::new("d"), None);
+            let next = m.take_due(t0 + Duration::from_secs(2), 10, false);
+            assert_eq!(paths(&next), ["d"], "{why}");
+            assert_eq!(next[0].pending.op, want, "{why}");
+            m.complete(Path::new("d"), None);
+            // Once it is done, a new directory is a plain one again.
+            m.insert_all(&[ch("d", Created, true)], t0 + Duration::from_secs(3));
+            let later = m.take_due(t0 + Duration::from_secs(4), 10, false);
+            assert_eq!(
+                later[0].pending.op,
+                Op::Update,
+                "{why}: after the deletion ended"
+            );
+        }
+        // A file's deletion in flight leaves a re-created file a plain update.
+        let (m, t0) = map();
+        m.insert_all(&[ch("f", Removed, false)], t0);
+        let _ = m.take_due(t0 + Duration::from_secs(1), 10, false);
+        m.insert_all(&[ch("f", Created, false)], t0 + Duration::from_secs(1));
+        m.complete(Path::new("f"), None);
+        let next = m.take_due(t0 + Duration::from_secs(2), 10, false);
+        assert_eq!(next[0].pending.op, Op::Update);
     }
 
     #[test]
