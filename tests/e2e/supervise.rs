@@ -15,11 +15,22 @@ const DIED: &str = "the event source died";
 const RESTARTED: &str = "event source restarted";
 
 fn spawn_with_failpoint(rig: &Rig, kind: SourceKind, failpoints: &str) -> Syncer {
+    spawn_with_failpoint_and(rig, kind, failpoints, &[])
+}
+
+/// [`spawn_with_failpoint`] with `extra` arguments after the usual ones.
+fn spawn_with_failpoint_and(
+    rig: &Rig,
+    kind: SourceKind,
+    failpoints: &str,
+    extra: &[std::ffi::OsString],
+) -> Syncer {
     let mut args: Vec<std::ffi::OsString> =
         vec!["run".into(), "--source".into(), rig.src.clone().into()];
     args.extend(rig.target_args());
     args.extend(kind.args().into_iter().map(Into::into));
     args.extend(["--delay", DELAY_MS].map(Into::into));
+    args.extend(extra.iter().cloned());
     let mut cmd = std::process::Command::new(syncer_bin());
     cmd.args(args).env("FAILPOINTS", failpoints);
     Syncer::spawn_command(cmd)
@@ -89,17 +100,12 @@ fn a_dead_control_socket_task_is_started_again() {
     let Some(rig) = Rig::new() else { return };
     make_tree(&rig.src.join("t"), &TreeSpec::new(50));
     let socket = rig.control_socket();
-    let mut args: Vec<std::ffi::OsString> =
-        vec!["run".into(), "--source".into(), rig.src.clone().into()];
-    args.extend(rig.target_args());
-    args.extend(["--delay", DELAY_MS, "--control-socket"].map(Into::into));
-    args.push(socket.clone().into());
-    let mut cmd = std::process::Command::new(syncer_bin());
-    cmd.args(args).env(
-        "FAILPOINTS",
+    let mut syncer = spawn_with_failpoint_and(
+        &rig,
+        SourceKind::Fanotify,
         "control-serve=1*panic(killed by a failpoint)->off",
+        &["--control-socket".into(), socket.clone().into()],
     );
-    let mut syncer = Syncer::spawn_command(cmd);
     syncer.wait_for_log(
         "the control socket's task ended (a panic: killed by a failpoint): starting it again",
         MARKER_TIMEOUT,
