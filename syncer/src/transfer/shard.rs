@@ -1,7 +1,7 @@
 //! A shard: one task per rsync slot of a target, running one process at a time for the batches
-//! the dispatcher hands it, and sending each outcome back. [`run_process`] (behind
-//! the batches and [`run_check`] for the periodic verify's contents check) is
-//! the only place in syncer that spawns processes.
+//! the dispatcher hands it, and sending each outcome back. [`run_process`] (for the batches,
+//! and behind [`run_check`] for the periodic verify's contents check) is the only place in
+//! syncer that spawns processes.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
