@@ -104,6 +104,28 @@ pub fn entry_changes(path: &Path, kind: ChangeKind, is_dir: bool, out: &mut Vec<
     }
 }
 
+/// The length of the hex part of a Linux NFS client's silly-rename name: `.nfs`, the file's
+/// 64-bit file id and a 32-bit counter, in hex (`fs/nfs/dir.c`, `nfs_sillyrename`).
+pub const SILLY_RENAME_HEX: usize = 24;
+
+/// Whether `name` (one path component) is an NFS client's silly-rename: a file removed or
+/// renamed over while a client still has it open is renamed on the server to
+/// `.nfs<24 hex digits>` and removed at the client's last close. Such a name is an artifact of
+/// the protocol, never content: sources drop its changes (the rename that made it is then the
+/// removal of the old name, which is what the client sees), and walks and transfers skip it.
+pub fn is_silly_rename(name: &[u8]) -> bool {
+    name.strip_prefix(b".nfs").is_some_and(|hex| {
+        hex.len() == SILLY_RENAME_HEX && hex.iter().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// Whether a change's path ends in an NFS silly-rename ([`is_silly_rename`]).
+pub fn is_silly_renamed(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    path.file_name()
+        .is_some_and(|n| is_silly_rename(n.as_bytes()))
+}
+
 /// Whether `path` lies strictly below `dir` (relative paths; the empty path is the root).
 pub fn is_below(path: &Path, dir: &Path) -> bool {
     if dir.as_os_str().is_empty() {
@@ -130,6 +152,30 @@ mod tests {
         out.clear();
         entry_changes(Path::new("top"), ChangeKind::Removed, true, &mut out);
         assert_eq!(out[1], Change::new("", ChangeKind::Modified, true));
+    }
+
+    #[test]
+    fn silly_renames() {
+        for (name, silly) in [
+            (".nfs00000000000c04a200000001", true),
+            (".nfs0000000000ABCDEF00000001", true),
+            (".nfs00000000000c04a20000000", false), // 23 digits
+            (".nfs00000000000c04a2000000011", false), // 25 digits
+            (".nfs00000000000c04a20000000g", false),
+            (".nfs", false),
+            (".nfsd", false),
+            ("nfs00000000000c04a200000001", false),
+            ("a.nfs00000000000c04a200000001", false),
+        ] {
+            assert_eq!(is_silly_rename(name.as_bytes()), silly, "{name}");
+        }
+        assert!(is_silly_renamed(Path::new(
+            "dir/.nfs00000000000c04a200000001"
+        )));
+        assert!(!is_silly_renamed(Path::new(
+            ".nfs00000000000c04a200000001/file"
+        )));
+        assert!(!is_silly_renamed(Path::new("")));
     }
 
     #[test]

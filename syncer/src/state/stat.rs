@@ -40,8 +40,8 @@ pub fn lstat(root: &Path, rel: &Path) -> std::io::Result<Option<Meta>> {
     }
 }
 
-/// The entries of directory `abs` with their metadata (entries that vanish while it is read
-/// are left out). `Ok(None)`: the directory does not exist.
+/// The entries of directory `abs` with their metadata (entries that vanish while it is read,
+/// and NFS silly-renames, are left out). `Ok(None)`: the directory does not exist.
 pub fn read_dir(abs: &Path) -> std::io::Result<Option<Entries>> {
     read_dir_noting(abs, &mut Vec::new())
 }
@@ -63,7 +63,8 @@ pub fn read_dir_noting(abs: &Path, linked: &mut Entries) -> std::io::Result<Opti
     for entry in dir.iter() {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
+        // NFS silly-renames are never replicated (see `change::is_silly_rename`).
+        if name == b"." || name == b".." || crate::change::is_silly_rename(name) {
             continue;
         }
         let c = CString::new(name).expect("a name from getdents has no NUL");

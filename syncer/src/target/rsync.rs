@@ -226,6 +226,7 @@ pub fn args(opts: &RsyncOptions, kind: BatchKind, source: &Path, target: &Target
             a.push("--delete".into());
         }
     }
+    skip_silly_renames(&mut a);
     // The totals at the end, for the byte and file counters (plain digits, whatever the
     // locale; the operator's own arguments come later and may override it).
     a.push("--info=stats2".into());
@@ -338,8 +339,19 @@ pub fn check_args(opts: &RsyncOptions, source: &Path, target: &Target) -> Vec<Os
     .iter()
     .map(OsString::from)
     .collect();
+    skip_silly_renames(&mut a);
     connection_and_ends(&mut a, opts, source, target);
     a
+}
+
+/// Excludes NFS silly-renames (`.nfs` and 24 hex digits, [`crate::change::is_silly_rename`])
+/// from a transfer: never sent, and (being excluded) never deleted on the target either.
+fn skip_silly_renames(a: &mut Vec<OsString>) {
+    let mut pattern = String::from("--exclude=.nfs");
+    for _ in 0..crate::change::SILLY_RENAME_HEX {
+        pattern.push_str("[0-9a-fA-F]");
+    }
+    a.push(pattern.into());
 }
 
 /// The changes that make the target match the source, from the output of [`check_args`]:
@@ -605,5 +617,30 @@ sent 185 bytes  received 57 bytes  484.00 bytes/sec\ntotal size is 11  speedup i
             assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
         }
         assert!(!a.iter().any(|x| x == "--files-from=-"));
+    }
+
+    #[test]
+    fn every_transfer_skips_nfs_silly_renames() {
+        let opts = RsyncOptions {
+            program: PathBuf::from("rsync"),
+            extra_args: vec![],
+            io_timeout_s: 60,
+        };
+        let t = Target::parse("rsync://h/m", None).unwrap();
+        let want = format!("--exclude=.nfs{}", "[0-9a-fA-F]".repeat(24));
+        let src = Path::new("/src");
+        for a in [
+            args(&opts, BatchKind::Plain, src, &t),
+            args(&opts, BatchKind::Tree, src, &t),
+            args(&opts, BatchKind::Shallow, src, &t),
+            check_args(&opts, src, &t),
+        ] {
+            let at = a.iter().position(|x| x == want.as_str());
+            let ends = a.iter().position(|x| x == "/src/");
+            assert!(
+                at.is_some() && at < ends,
+                "{want} missing before the ends: {a:?}"
+            );
+        }
     }
 }
