@@ -1,7 +1,7 @@
 //! `syncer check`: probes what this kernel and these privileges offer (fanotify reporting
 //! modes and marks, the queue, eBPF program types and the eBPF source's two sets of hooks,
-//! inotify limits) and says which source `auto` would pick, and why, through the same policy
-//! the daemon uses. Every line comes from a real attempt, not from a version table.
+//! inotify limits, in-kernel file servers serving the path) and says which source `auto` would
+//! pick, and why, through the same policy the daemon uses. Every line comes from a real attempt, not from a version table.
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::source::ebpf::{self, probe::bpf_load, probe::BPF_TYPES};
 use crate::source::fanotify::{self, sys};
 use crate::source::policy::{self, Candidate};
+use crate::source::servers::KernelServers;
 use crate::source::{EbpfHooks, QueueMode, SourceKind};
 
 /// One probed capability.
@@ -85,10 +86,32 @@ pub fn report(path: &Path) -> Report {
             Candidate::Inotify => Ok(()),
         }
     };
-    let candidates = policy::candidates(SourceKind::Auto, EbpfHooks::Auto);
+    let servers = KernelServers::probe(path);
+    probes.push(Probe {
+        name: "in-kernel file servers",
+        ok: true,
+        detail: match servers.describe() {
+            Some(d) => format!(
+                "{d}: its writes bypass system calls; the syscall tracepoints cannot see them"
+            ),
+            None => "none serves this path (no NFS export over or under it, no ksmbd)".into(),
+        },
+    });
+    let candidates = policy::candidates_served(SourceKind::Auto, EbpfHooks::Auto, servers.serve());
     let (auto, auto_why) = match policy::choose(&candidates, works) {
         Ok((c, (), refused)) => {
             let mut why = why_pick(c).to_string();
+            if c == Candidate::Ebpf(EbpfHooks::Tracepoints) && servers.serve() {
+                why.push_str(
+                    "; NOTHING ELSE WORKS HERE, so the NFS/SMB clients' changes would not be \
+                     replicated",
+                );
+            } else if servers.serve() {
+                why.push_str(
+                    "; it sees the in-kernel file server's writes (the syscall tracepoints, \
+                     which would not, come last here)",
+                );
+            }
             for (r, e) in refused {
                 why.push_str(&format!("; {r}: {e}"));
             }

@@ -14,6 +14,7 @@ pub mod fanotify;
 pub mod inotify;
 pub mod policy;
 mod reader;
+pub mod servers;
 
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
@@ -193,6 +194,12 @@ pub trait Source: Send {
     /// Turns raw records a predecessor kept ([`ReadMarks::unjournaled`]) into changes.
     fn replay(&mut self, raw: &[u8], out: &mut Vec<Change>) {
         let _ = (raw, out);
+    }
+
+    /// Whether the source sees what in-kernel writers (nfsd, ksmbd) do; only the eBPF
+    /// syscall tracepoints do not (see [`servers`]).
+    fn sees_in_kernel_writers(&self) -> bool {
+        true
     }
 
     /// A kernel queue that outlives this process when someone keeps its descriptor (a

@@ -5,11 +5,17 @@
 //! included, and filter and coalesce in the kernel), fanotify (needs no BPF), the eBPF syscall
 //! tracepoints (miss in-kernel writers but need no file-handle support from the filesystem),
 //! inotify (a watch per directory). `ebpf_hooks` narrows which eBPF candidates take part.
+//!
+//! Where an in-kernel file server (nfsd, ksmbd: [`super::servers`]) serves the source, the
+//! tracepoints come last, after inotify: they would miss every change its clients make. A
+//! source that misses them anyway (chosen explicitly, the eBPF source falling back, or `auto`
+//! left with nothing else) is announced as an error at start.
 
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{error, info};
 
+use super::servers::KernelServers;
 use super::SourceStats;
 use super::{ebpf, fanotify, inotify, EbpfHooks, Source, SourceConfig, SourceError, SourceKind};
 
@@ -74,6 +80,20 @@ pub fn candidates(kind: SourceKind, hooks: EbpfHooks) -> Vec<Candidate> {
     }
 }
 
+/// [`candidates`] on a host where an in-kernel file server serves the source (`served`): under
+/// `auto`, the syscall tracepoints, which cannot see its writes, move behind inotify.
+pub fn candidates_served(kind: SourceKind, hooks: EbpfHooks, served: bool) -> Vec<Candidate> {
+    let mut v = candidates(kind, hooks);
+    let tracepoints = Candidate::Ebpf(EbpfHooks::Tracepoints);
+    if served && kind == SourceKind::Auto {
+        if let Some(i) = v.iter().position(|&c| c == tracepoints) {
+            v.remove(i);
+            v.push(tracepoints);
+        }
+    }
+    v
+}
+
 /// Candidates that were tried and refused, with why.
 pub type Refused<E> = Vec<(Candidate, E)>;
 
@@ -101,7 +121,8 @@ pub fn open(
     stats: &Arc<SourceStats>,
     kept: Option<std::os::fd::OwnedFd>,
 ) -> Result<(Candidate, Box<dyn Source>), SourceError> {
-    let mut list = candidates(kind, cfg.ebpf_hooks);
+    let servers = KernelServers::probe(&cfg.root);
+    let mut list = candidates_served(kind, cfg.ebpf_hooks, servers.serve());
     if kept.is_some() && kind == SourceKind::Auto {
         list.retain(|&c| c != Candidate::Fanotify);
         list.insert(0, Candidate::Fanotify);
@@ -110,9 +131,24 @@ pub fn open(
     let opened = choose(&list, |c| open_one(c, cfg, stats, &mut kept));
     match opened {
         Ok((c, source, refused)) => {
+            let why: Vec<String> = refused.iter().map(|(c, e)| format!("{c}: {e}")).collect();
             if !refused.is_empty() {
-                let why: Vec<String> = refused.iter().map(|(c, e)| format!("{c}: {e}")).collect();
                 info!("auto: using {c} ({})", why.join("; "));
+            }
+            if let (false, Some(server)) = (source.sees_in_kernel_writers(), servers.describe()) {
+                let because = if kind == SourceKind::Auto {
+                    format!("auto had nothing else: {}", why.join("; "))
+                } else {
+                    format!("--source-kind {kind:?} (ebpf_hooks {:?})", cfg.ebpf_hooks)
+                        .to_lowercase()
+                };
+                error!(
+                    root = %cfg.root.display(),
+                    "{server}, but the event source is the eBPF syscall tracepoints ({because}): \
+                     they cannot see the server's writes, so changes made by its clients will NOT \
+                     be replicated until a rescan; use --source-kind fanotify (or inotify), or a \
+                     kernel that allows fentry programs"
+                );
             }
             Ok((c, source))
         }
@@ -149,17 +185,28 @@ mod tests {
     #[test]
     fn candidates_best_first() {
         #[rustfmt::skip]
-        let table: &[(SourceKind, EbpfHooks, &[Candidate])] = &[
-            (SourceKind::Auto, H::Auto, &[Ebpf(H::Fsnotify), Fanotify, Ebpf(H::Tracepoints), Inotify]),
-            (SourceKind::Auto, H::Fsnotify, &[Ebpf(H::Fsnotify), Fanotify, Inotify]),
-            (SourceKind::Auto, H::Tracepoints, &[Fanotify, Ebpf(H::Tracepoints), Inotify]),
-            (SourceKind::Ebpf, H::Auto, &[Ebpf(H::Auto)]),
-            (SourceKind::Ebpf, H::Tracepoints, &[Ebpf(H::Tracepoints)]),
-            (SourceKind::Fanotify, H::Fsnotify, &[Fanotify]),
-            (SourceKind::Inotify, H::Auto, &[Inotify]),
+        // kind, ebpf_hooks, an in-kernel server serves the source, the candidates.
+        let table: &[(SourceKind, EbpfHooks, bool, &[Candidate])] = &[
+            (SourceKind::Auto, H::Auto, false, &[Ebpf(H::Fsnotify), Fanotify, Ebpf(H::Tracepoints), Inotify]),
+            (SourceKind::Auto, H::Fsnotify, false, &[Ebpf(H::Fsnotify), Fanotify, Inotify]),
+            (SourceKind::Auto, H::Tracepoints, false, &[Fanotify, Ebpf(H::Tracepoints), Inotify]),
+            // Serving NFS: the tracepoints only when nothing else works, not even inotify.
+            (SourceKind::Auto, H::Auto, true, &[Ebpf(H::Fsnotify), Fanotify, Inotify, Ebpf(H::Tracepoints)]),
+            (SourceKind::Auto, H::Tracepoints, true, &[Fanotify, Inotify, Ebpf(H::Tracepoints)]),
+            (SourceKind::Auto, H::Fsnotify, true, &[Ebpf(H::Fsnotify), Fanotify, Inotify]),
+            // An explicit kind is what the operator asked for (announced as an error at start).
+            (SourceKind::Ebpf, H::Auto, false, &[Ebpf(H::Auto)]),
+            (SourceKind::Ebpf, H::Tracepoints, false, &[Ebpf(H::Tracepoints)]),
+            (SourceKind::Ebpf, H::Tracepoints, true, &[Ebpf(H::Tracepoints)]),
+            (SourceKind::Fanotify, H::Fsnotify, false, &[Fanotify]),
+            (SourceKind::Inotify, H::Auto, true, &[Inotify]),
         ];
-        for (kind, hooks, want) in table {
-            assert_eq!(candidates(*kind, *hooks), *want, "{kind:?} {hooks:?}");
+        for (kind, hooks, served, want) in table {
+            assert_eq!(
+                candidates_served(*kind, *hooks, *served),
+                *want,
+                "{kind:?} {hooks:?} served: {served}"
+            );
         }
     }
 

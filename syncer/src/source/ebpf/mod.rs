@@ -106,6 +106,10 @@ impl Source for Reader {
         self.loaded.events.as_fd()
     }
 
+    fn sees_in_kernel_writers(&self) -> bool {
+        !matches!(self.loaded.attached, Attached::Tracepoints { .. })
+    }
+
     fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<()> {
         self.drain();
         self.check_lost();
