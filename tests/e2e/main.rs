@@ -13,6 +13,8 @@
 //! - `SYNCER_E2E_BIN=/path/to/syncer`: run another build (e.g. `target/release/syncer`).
 //! - `SYNCER_E2E_RUST_LOG=debug`: the `RUST_LOG` given to syncer (default `info`).
 //! - `SYNCER_E2E_EBPF_HOOKS=fsnotify|tracepoints`: force the eBPF source's hooks.
+//! - `SYNCER_E2E_REQUIRE_NFS=1`: fail instead of skipping the NFS scenarios (`nfs.rs`) where
+//!   the kernel has no NFS server (`cargo xtask vm-test` sets it in its guests).
 
 #[macro_use]
 mod util;
@@ -28,6 +30,7 @@ mod hardlinks;
 mod harness;
 mod initial;
 mod names;
+mod nfs;
 mod oneshot;
 mod outage;
 mod overflow;

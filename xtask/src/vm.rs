@@ -41,6 +41,9 @@ const CACHE_DIR: &str = "/var/tmp/syncer-vm";
 const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 /// The line the guest prints (followed by the command's exit code) before powering off.
 const EXIT_MARKER: &str = "SYNCER-VM-EXIT=";
+/// The e2e tests a run selects unless `--filter` says otherwise: the eBPF scenarios (fentry and
+/// LSM programs load on these kernels) and the NFS ones (these kernels have nfsd).
+const DEFAULT_FILTER: &str = "ebpf,nfs";
 /// Guest RAM and CPUs.
 const GUEST_MEM: &str = "3G";
 const GUEST_CPUS: &str = "2";
@@ -49,8 +52,9 @@ const GUEST_CPUS: &str = "2";
 const KERNEL_CMDLINE: &str =
     "console=ttyS0 lsm=lockdown,capability,landlock,yama,bpf panic=-1 quiet mitigations=off";
 /// Kernel modules loaded in the guest (with their dependencies) unless built in: `loop` for the
-/// tests' loop-mounted ext4 filesystems (ext4 itself is built into Debian's cloud kernels).
-const GUEST_MODULES: &[&str] = &["loop"];
+/// tests' loop-mounted ext4 filesystems (ext4 itself is built into Debian's cloud kernels); the
+/// kernel NFS server and the NFS client (v3 and v4.x) for the NFS scenarios.
+const GUEST_MODULES: &[&str] = &["loop", "nfsd", "nfsv3", "nfsv4"];
 /// The guest's PATH.
 const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -64,6 +68,45 @@ const GUEST_TOOLS: &[(&str, &str)] = &[
     ("umount", "mount"),
     ("losetup", "mount"),
     ("setpriv", "util-linux"),
+];
+
+/// Debian's NFS user-space programs for the guest's kernel NFS server and client. They are
+/// downloaded with `apt-get download` and unpacked under [`CACHE_DIR`], never installed on the
+/// host (whose kernel may have no NFS at all, and whose package scripts would start services).
+const NFS_PACKAGES: &[&str] = &["nfs-kernel-server", "nfs-common", "rpcbind"];
+/// The programs taken from them (the same paths in the guest): the server's daemons and
+/// `exportfs`, the NFSv4 client-tracking daemon (started first, it lets a fresh server skip
+/// its grace period), rpcbind (NFSv3) and the mount helper.
+const NFS_PROGRAMS: &[&str] = &[
+    "/usr/sbin/rpc.nfsd",
+    "/usr/sbin/rpc.mountd",
+    "/usr/sbin/exportfs",
+    "/usr/sbin/nfsdcld",
+    "/usr/sbin/rpcinfo",
+    "/sbin/mount.nfs",
+    "/sbin/rpcbind",
+];
+/// The shared libraries those programs link to (a library file and its Debian package),
+/// installed on the host when missing so that `ldd` finds them to copy.
+const NFS_LIBRARIES: &[(&str, &str)] = &[
+    ("/lib/x86_64-linux-gnu/libtirpc.so.3", "libtirpc3"),
+    ("/etc/netconfig", "libtirpc-common"),
+    (
+        "/lib/x86_64-linux-gnu/libevent_core-2.1.so.7",
+        "libevent-core-2.1-7",
+    ),
+    ("/lib/x86_64-linux-gnu/libsqlite3.so.0", "libsqlite3-0"),
+    ("/lib/x86_64-linux-gnu/libwrap.so.0", "libwrap0"),
+    (
+        "/lib/x86_64-linux-gnu/libgssapi_krb5.so.2",
+        "libgssapi-krb5-2",
+    ),
+    ("/lib/x86_64-linux-gnu/libkeyutils.so.1", "libkeyutils1"),
+    (
+        "/lib/x86_64-linux-gnu/libdevmapper.so.1.02.1",
+        "libdevmapper1.02.1",
+    ),
+    ("/etc/rpc", "netbase"),
 ];
 
 /// The Python that the guest gets (Debian's, not one from PATH, which may be a pyenv shim).
@@ -128,14 +171,14 @@ struct Options {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask vm-test [--kernel 6.1|6.12|all] [--filter SUBSTRING] [--keep] \
-     [--shell-cmd CMD]"
+    "usage: cargo xtask vm-test [--kernel 6.1|6.12|all] [--filter SUBSTRING[,SUBSTRING...]] \
+     [--keep] [--shell-cmd CMD]"
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
     let mut opts = Options {
         kernels: SERIES.to_vec(),
-        filter: "ebpf".into(),
+        filter: DEFAULT_FILTER.into(),
         keep: false,
         shell_cmd: None,
     };
@@ -183,6 +226,7 @@ pub fn vm_test(args: &[String]) -> Result<()> {
     let opts = parse_args(args)?;
     let mut tools = HOST_TOOLS.to_vec();
     tools.extend_from_slice(GUEST_TOOLS);
+    tools.extend_from_slice(NFS_LIBRARIES);
     super::ensure_tools(&tools)?;
     for (prog, pkg) in &tools {
         if find_program(prog).is_none() {
@@ -209,11 +253,12 @@ pub fn vm_test(args: &[String]) -> Result<()> {
             Duration::from_secs,
         );
 
+    let nfs = prepare_nfs_utils(&cache)?;
     let mut results = Vec::new();
     for series in &opts.kernels {
         let kernel = prepare_kernel(&cache, series)?;
         let started = Instant::now();
-        let outcome = run_in_vm(&cache, &kernel, &opts, payload.as_ref(), timeout);
+        let outcome = run_in_vm(&cache, &kernel, &opts, payload.as_ref(), &nfs, timeout);
         let secs = started.elapsed().as_secs_f64();
         if let Err(e) = &outcome {
             eprintln!("vm-test: kernel {}: {e:#}", kernel.release);
@@ -572,6 +617,98 @@ fn decompress(tool: &[&str], input: &[u8]) -> Result<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// NFS user space
+
+/// Downloads and unpacks [`NFS_PACKAGES`] (apt's candidate versions) into `cache/nfs/<versions>`
+/// and returns that directory; reuses it when already there, and falls back to the newest
+/// unpacked one when apt cannot download.
+fn prepare_nfs_utils(cache: &Path) -> Result<PathBuf> {
+    let base = cache.join("nfs");
+    fs::create_dir_all(&base)?;
+    let mut versions = Vec::new();
+    for pkg in NFS_PACKAGES {
+        let out = Command::new("apt-cache")
+            .args(["policy", pkg])
+            .output()
+            .context("running apt-cache")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let candidate = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate:"))
+            .map(|v| v.trim().replace([':', '~', '+'], "_"))
+            .filter(|v| !v.is_empty() && v != "(none)");
+        versions.push(candidate.map(|v| format!("{pkg}_{v}")));
+    }
+    if let Some(names) = versions.into_iter().collect::<Option<Vec<String>>>() {
+        let root = base.join(names.join("+"));
+        if root.join(".complete").exists() {
+            return Ok(root);
+        }
+        match unpack_packages(&root, NFS_PACKAGES) {
+            Ok(()) => return Ok(root),
+            Err(e) => eprintln!("vm-test: cannot fetch the NFS programs: {e:#}"),
+        }
+    }
+    // apt lists none, or the download failed: the newest complete earlier one.
+    let mut cached: Vec<PathBuf> = fs::read_dir(&base)?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.join(".complete").exists())
+        .collect();
+    cached.sort();
+    cached.pop().ok_or_else(|| {
+        anyhow!(
+            "the NFS programs ({}) are neither downloadable with apt-get nor cached in {}",
+            NFS_PACKAGES.join(", "),
+            base.display()
+        )
+    })
+}
+
+/// `apt-get download` of `packages` and `dpkg -x` of each into `root` (through `root.tmp`, so
+/// that an interrupted run leaves nothing half-done behind).
+fn unpack_packages(root: &Path, packages: &[&str]) -> Result<()> {
+    let tmp = root.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let debs = tmp.join("debs");
+    fs::create_dir_all(&debs)?;
+    eprintln!("vm-test: downloading {}", packages.join(" "));
+    let mut cmd = Command::new("apt-get");
+    if is_root() {
+        // Downloading into a root-owned directory: do not drop to the _apt user.
+        cmd.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    run(cmd
+        .args(["download", "-q"])
+        .args(packages)
+        .current_dir(&debs))?;
+    let unpacked = tmp.join("root");
+    for entry in fs::read_dir(&debs)? {
+        let deb = entry?.path();
+        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
+    }
+    fs::write(tmp.join(".complete"), b"")?;
+    let _ = fs::remove_dir_all(root);
+    fs::rename(&tmp, root)?;
+    Ok(())
+}
+
+/// Copies [`NFS_PROGRAMS`] from the unpacked packages at `nfs` into the guest (with their
+/// libraries), and the mount helper's other names.
+fn copy_nfs_utils(tree: &Tree, nfs: &Path) -> Result<()> {
+    for prog in NFS_PROGRAMS {
+        let host = nfs.join("root").join(prog.trim_start_matches('/'));
+        tree.copy_program(&host, prog)
+            .with_context(|| format!("copying {} into the guest", host.display()))?;
+    }
+    for alias in ["mount.nfs4", "umount.nfs", "umount.nfs4"] {
+        let link = tree.path(&format!("/sbin/{alias}"));
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("mount.nfs", link)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The initramfs
 
 /// A guest root tree being assembled on the host (written out as a cpio archive at the end).
@@ -763,6 +900,7 @@ fn build_initramfs(
     kernel: &Kernel,
     opts: &Options,
     payload: Option<&Payload>,
+    nfs: &Path,
 ) -> Result<PathBuf> {
     let tree = Tree::new(dir.join("root"))?;
 
@@ -792,6 +930,7 @@ fn build_initramfs(
         }
     }
     copy_python(&tree)?;
+    copy_nfs_utils(&tree, nfs)?;
     if let Some(p) = payload {
         for (host, guest) in [
             (&p.syncer, "/opt/syncer/syncer"),
@@ -808,9 +947,11 @@ fn build_initramfs(
     }
 
     // /etc: what rsync's daemon (uid/gid = root), setpriv (nobody) and mke2fs look up.
+    // `_rpc` is the user rpcbind runs as.
     tree.write(
         "/etc/passwd",
-        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
+          _rpc:x:100:65534::/run/rpcbind:/bin/false\n",
         0o644,
     )?;
     tree.write("/etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
@@ -825,7 +966,14 @@ fn build_initramfs(
         0o644,
     )?;
     tree.write("/etc/hostname", b"syncer-vm\n", 0o644)?;
-    for host in ["/etc/mke2fs.conf", "/etc/services", "/etc/protocols"] {
+    // /etc/netconfig and /etc/rpc: what libtirpc (rpcbind, mountd, mount.nfs) reads.
+    for host in [
+        "/etc/mke2fs.conf",
+        "/etc/services",
+        "/etc/protocols",
+        "/etc/netconfig",
+        "/etc/rpc",
+    ] {
         if Path::new(host).is_file() {
             tree.copy(Path::new(host), host)?;
         }
@@ -846,14 +994,15 @@ fn build_initramfs(
 
     let command = match &opts.shell_cmd {
         Some(cmd) => cmd.clone(),
+        // The guest has the kernel NFS server: its scenarios must run, not skip.
         None => format!(
-            "SYNCER_E2E_REQUIRE=1 SYNCER_E2E_BIN=/opt/syncer/syncer{} /opt/syncer/e2e \
-             --test-threads=1 {}",
+            "SYNCER_E2E_REQUIRE=1 SYNCER_E2E_REQUIRE_NFS=1 SYNCER_E2E_BIN=/opt/syncer/syncer{} \
+             /opt/syncer/e2e --test-threads=1 {}",
             // Passed through, to force the eBPF source's hooks in the guest.
             std::env::var("SYNCER_E2E_EBPF_HOOKS")
                 .map(|h| format!(" SYNCER_E2E_EBPF_HOOKS={}", shell_quote(&h)))
                 .unwrap_or_default(),
-            shell_quote(&opts.filter)
+            filter_args(&opts.filter)
         ),
     };
     tree.write(
@@ -922,6 +1071,17 @@ poweroff -f
 "#,
         release = kernel.release,
     )
+}
+
+/// The test binary's filter arguments for `--filter A,B`: one per name (libtest runs the tests
+/// matching any of them).
+fn filter_args(filter: &str) -> String {
+    let quoted: Vec<String> = filter
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(shell_quote)
+        .collect();
+    quoted.join(" ")
 }
 
 fn shell_quote(s: &str) -> String {
@@ -1146,6 +1306,7 @@ fn run_in_vm(
     kernel: &Kernel,
     opts: &Options,
     payload: Option<&Payload>,
+    nfs: &Path,
     timeout: Duration,
 ) -> Result<()> {
     remove_stale_work_dirs(&cache.join("work"));
@@ -1155,7 +1316,7 @@ fn run_in_vm(
     fs::create_dir_all(&work)?;
     let result = (|| {
         let t = Instant::now();
-        let cpio = build_initramfs(&work, kernel, opts, payload)?;
+        let cpio = build_initramfs(&work, kernel, opts, payload, nfs)?;
         let size = fs::metadata(&cpio)?.len();
         eprintln!(
             "vm-test: booting {} ({} {}), initramfs {} MiB built in {:.1} s",
