@@ -111,7 +111,7 @@ pub const SILLY_RENAME_HEX: usize = 24;
 /// Whether `name` (one path component) is an NFS client's silly-rename: a file removed or
 /// renamed over while a client still has it open is renamed on the server to
 /// `.nfs<24 hex digits>` and removed at the client's last close. Such a name is an artifact of
-/// the protocol, never content: sources drop its changes (the rename that made it is then the
+/// the protocol, never content: the fanout drops its changes (the rename that made it is then the
 /// removal of the old name, which is what the client sees), and walks and transfers skip it.
 pub fn is_silly_rename(name: &[u8]) -> bool {
     name.strip_prefix(b".nfs").is_some_and(|hex| {

@@ -117,7 +117,7 @@ impl Version {
 /// to 127.0.0.1. Drop stops it all.
 struct KernelNfs {
     daemons: Vec<(&'static str, Child)>,
-    _tracking: TempDir,
+    tracking: TempDir,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
 
@@ -165,7 +165,7 @@ impl KernelNfs {
         let tracking = temp_dir("nfsdcld");
         let mut nfs = KernelNfs {
             daemons: Vec::new(),
-            _tracking: tracking,
+            tracking,
             _one_at_a_time: guard,
         };
         nfs.daemon("rpcbind", &["-f"]);
@@ -176,7 +176,7 @@ impl KernelNfs {
             )
             .is_ok()
         });
-        let db = nfs._tracking.path().to_str().unwrap().to_string();
+        let db = nfs.tracking.path().to_str().unwrap().to_string();
         // It waits for nfsd's upcall pipe, which appears when nfsd starts.
         nfs.daemon("nfsdcld", &["-F", "-s", &db]);
         thread::sleep(Duration::from_millis(300));
@@ -265,18 +265,6 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The `.nfs<hex>` names in `dir` (not recursive).
-fn silly_names(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".nfs"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Every `.nfs*` name anywhere below `dir`.
@@ -399,7 +387,7 @@ fn workload(c: &Path, beside: &Path, server: &Path) -> LongWrite {
     let held_target = File::open(silly.join("target")).unwrap();
     fs::remove_file(silly.join("held")).unwrap();
     fs::rename(silly.join("newer"), silly.join("target")).unwrap();
-    let server_side = silly_names(&server.join("silly"));
+    let server_side = silly_names_below(&server.join("silly"));
     assert_eq!(
         server_side.len(),
         2,
@@ -683,20 +671,22 @@ fn tracepoints_miss_nfsd() {
         check.stdout
     );
 
-    // auto limited to the tracepoints and fanotify: fanotify, said in the log.
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "run".into(),
-        "--source".into(),
-        rig.src.clone().into(),
-        "--no-initial-sync".into(),
-    ];
-    args.extend(rig.target_args());
-    let mut auto = Syncer::spawn(
-        args.iter()
-            .cloned()
-            .chain(["--source-kind", "auto", "--ebpf-hooks", "tracepoints"].map(Into::into)),
-    );
-    auto.wait_for_log(LIVE, MARKER_TIMEOUT);
+    // Live with `--source-kind KIND --ebpf-hooks tracepoints`, no initial sync.
+    let live_with = |kind: &str| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--source".into(),
+            rig.src.clone().into(),
+            "--no-initial-sync".into(),
+        ];
+        args.extend(rig.target_args());
+        args.extend(["--source-kind", kind, "--ebpf-hooks", "tracepoints"].map(Into::into));
+        let mut s = Syncer::spawn(args);
+        s.wait_for_log(LIVE, MARKER_TIMEOUT);
+        s
+    };
+    // auto limited to the tracepoints and fanotify: fanotify.
+    let auto = live_with("auto");
     assert!(
         auto.log_contains("event source live: fanotify"),
         "{}",
@@ -705,12 +695,7 @@ fn tracepoints_miss_nfsd() {
     auto.stop();
 
     // Explicitly the tracepoints: an error at start, and a client's write is indeed missed.
-    let mut blind = Syncer::spawn(
-        args.iter()
-            .cloned()
-            .chain(["--source-kind", "ebpf", "--ebpf-hooks", "tracepoints"].map(Into::into)),
-    );
-    blind.wait_for_log(LIVE, MARKER_TIMEOUT);
+    let blind = live_with("ebpf");
     assert!(
         blind.log_contains("will NOT be replicated"),
         "no error about the NFS export:\n{}",

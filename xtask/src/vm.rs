@@ -86,9 +86,10 @@ const NFS_PROGRAMS: &[&str] = &[
     "/sbin/mount.nfs",
     "/sbin/rpcbind",
 ];
-/// The shared libraries those programs link to (a library file and its Debian package),
-/// installed on the host when missing so that `ldd` finds them to copy.
-const NFS_LIBRARIES: &[(&str, &str)] = &[
+/// What those programs need from the host (a file and its Debian package), installed when
+/// missing: the shared libraries they link to (so that `ldd` finds them to copy) and the
+/// files libtirpc reads (`/etc/netconfig`, `/etc/rpc`, copied into the guest).
+const NFS_HOST_FILES: &[(&str, &str)] = &[
     ("/lib/x86_64-linux-gnu/libtirpc.so.3", "libtirpc3"),
     ("/etc/netconfig", "libtirpc-common"),
     (
@@ -226,7 +227,7 @@ pub fn vm_test(args: &[String]) -> Result<()> {
     let opts = parse_args(args)?;
     let mut tools = HOST_TOOLS.to_vec();
     tools.extend_from_slice(GUEST_TOOLS);
-    tools.extend_from_slice(NFS_LIBRARIES);
+    tools.extend_from_slice(NFS_HOST_FILES);
     super::ensure_tools(&tools)?;
     for (prog, pkg) in &tools {
         if find_program(prog).is_none() {

@@ -1,7 +1,8 @@
 //! `syncer check`: probes what this kernel and these privileges offer (fanotify reporting
 //! modes and marks, the queue, eBPF program types and the eBPF source's two sets of hooks,
 //! inotify limits, in-kernel file servers serving the path) and says which source `auto` would
-//! pick, and why, through the same policy the daemon uses. Every line comes from a real attempt, not from a version table.
+//! pick, and why, through the same policy the daemon uses. Every line comes from a real
+//! attempt, not from a version table.
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};

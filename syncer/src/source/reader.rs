@@ -35,7 +35,6 @@ pub(super) fn run(
                 for raw in &kept {
                     source.replay(raw, &mut out);
                 }
-                out.retain(|c| !crate::change::is_silly_renamed(&c.path));
                 tracing::info!(
                     buffers = kept.len(),
                     changes = out.len(),
@@ -66,9 +65,6 @@ pub(super) fn run(
                 warn!("reading the event source failed: {e}; rescanning the whole tree");
                 rescan(&mut out, stats);
             }
-            // NFS silly-renames are protocol artifacts, never content (see
-            // `change::is_silly_rename`).
-            out.retain(|c| !crate::change::is_silly_renamed(&c.path));
             if !out.is_empty() {
                 // Tests stop a reader here, holding a read it kept and did not hand on
                 // (`FAILPOINTS=source-handing=pause`), and kill the process.
