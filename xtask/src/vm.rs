@@ -622,33 +622,22 @@ fn decompress(tool: &[&str], input: &[u8]) -> Result<Vec<u8>> {
 
 /// Downloads and unpacks [`NFS_PACKAGES`] (apt's candidate versions) into `cache/nfs/<versions>`
 /// and returns that directory; reuses it when already there, and falls back to the newest
-/// unpacked one when apt cannot download.
+/// unpacked one when apt cannot download, even after an `apt-get update`.
 fn prepare_nfs_utils(cache: &Path) -> Result<PathBuf> {
     let base = cache.join("nfs");
     fs::create_dir_all(&base)?;
-    let mut versions = Vec::new();
-    for pkg in NFS_PACKAGES {
-        let out = Command::new("apt-cache")
-            .args(["policy", pkg])
-            .output()
-            .context("running apt-cache")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let candidate = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Candidate:"))
-            .map(|v| v.trim().replace([':', '~', '+'], "_"))
-            .filter(|v| !v.is_empty() && v != "(none)");
-        versions.push(candidate.map(|v| format!("{pkg}_{v}")));
-    }
-    if let Some(names) = versions.into_iter().collect::<Option<Vec<String>>>() {
-        let root = base.join(names.join("+"));
-        if root.join(".complete").exists() {
-            return Ok(root);
+    match fetch_nfs_utils(&base) {
+        Ok(root) => return Ok(root),
+        // Stale lists on a fresh machine name versions the mirror no longer has.
+        Err(e) if is_root() => {
+            eprintln!("vm-test: cannot fetch the NFS programs ({e:#}); running apt-get update");
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            match fetch_nfs_utils(&base) {
+                Ok(root) => return Ok(root),
+                Err(e) => eprintln!("vm-test: cannot fetch the NFS programs: {e:#}"),
+            }
         }
-        match unpack_packages(&root, NFS_PACKAGES) {
-            Ok(()) => return Ok(root),
-            Err(e) => eprintln!("vm-test: cannot fetch the NFS programs: {e:#}"),
-        }
+        Err(e) => eprintln!("vm-test: cannot fetch the NFS programs: {e:#}"),
     }
     // apt lists none, or the download failed: the newest complete earlier one.
     let mut cached: Vec<PathBuf> = fs::read_dir(&base)?
@@ -663,6 +652,31 @@ fn prepare_nfs_utils(cache: &Path) -> Result<PathBuf> {
             base.display()
         )
     })
+}
+
+/// The unpacked [`NFS_PACKAGES`] of apt's candidate versions under `base`, downloaded unless
+/// already there.
+fn fetch_nfs_utils(base: &Path) -> Result<PathBuf> {
+    let mut names = Vec::new();
+    for pkg in NFS_PACKAGES {
+        let out = Command::new("apt-cache")
+            .args(["policy", pkg])
+            .output()
+            .context("running apt-cache")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate:"))
+            .map(|v| v.trim().replace([':', '~', '+'], "_"))
+            .filter(|v| !v.is_empty() && v != "(none)")
+            .ok_or_else(|| anyhow!("apt knows no candidate version of {pkg}"))?;
+        names.push(format!("{pkg}_{version}"));
+    }
+    let root = base.join(names.join("+"));
+    if !root.join(".complete").exists() {
+        unpack_packages(&root, NFS_PACKAGES)?;
+    }
+    Ok(root)
 }
 
 /// `apt-get download` of `packages` and `dpkg -x` of each into `root` (through `root.tmp`, so
