@@ -7,7 +7,7 @@
 //!   renames of files and directories, deletions (`rm -r` of trees, among them a directory
 //!   removed right after being filled, so that its handles go stale), odd names, symlinks and
 //!   hard links;
-//! - a file kept open and written (each piece committed to the server) for seconds: it must not
+//! - a file kept open and written (each piece committed to the server) for 6 s: it must not
 //!   be sent more often than the coalescing window allows (counted in the daemon's log);
 //! - silly-renames: a file removed, and one renamed over, while the client holds them open
 //!   become `.nfs<hex>` files on the server; they must never reach a target, and the final
@@ -48,9 +48,11 @@ const SERVER_TOOLS: &[&str] = &[
     "rpcbind",
     "mount.nfs",
 ];
-/// The coalescing delay of these scenarios (milliseconds); a path that keeps changing is sent at
-/// the latest ten delays after its first event.
-const NFS_DELAY_MS: u64 = 100;
+/// The coalescing delay of these scenarios (milliseconds): longer than the long write's
+/// pauses between pieces (100 ms plus a commit), so that the file is never quiet for a delay
+/// while it is written and only the hold applies: a path that keeps changing is sent at the
+/// latest ten delays after its first event.
+const NFS_DELAY_MS: u64 = 300;
 const HOLD_MS: u64 = NFS_DELAY_MS * 10;
 
 /// One NFS server at a time on this host.
@@ -408,7 +410,7 @@ fn workload(c: &Path, beside: &Path, server: &Path) -> LongWrite {
         .unwrap();
     let started = Instant::now();
     let mut writes = 0;
-    while started.elapsed() < Duration::from_secs(4) {
+    while started.elapsed() < Duration::from_secs(6) {
         f.write_all(&rng.bytes(4096)).unwrap();
         f.sync_data().unwrap();
         writes += 1;
