@@ -54,8 +54,13 @@ pub trait ReadMarks: Send + Sync {
 pub enum ChangeKind {
     /// The name came into being here (creat, mkdir, mknod, symlink, link).
     Created,
-    /// Content or attributes changed (write, truncate, chmod, utimes, a close after writing).
+    /// Content or attributes changed (write, truncate, chmod, utimes).
     Modified,
+    /// A file opened for writing was closed, and nothing else was reported with it. Often
+    /// long after its writes, which were reported already: an NFS server closes what it
+    /// kept open a second or more after the client's last WRITE (NFSv3 has no close at all),
+    /// so this alone may find the target already holding the file (see `queue::rules`).
+    Closed,
     /// The name went away (unlink, rmdir, or renamed away).
     Removed,
     /// The name appeared by a rename, possibly over an existing one; a directory brings its

@@ -21,11 +21,13 @@ mod util;
 
 mod bigtree;
 mod bulk;
+mod closes;
 mod control;
 mod delete;
 mod durable;
 mod ebpf;
 mod errors;
+mod ganesha;
 mod hardlinks;
 mod harness;
 mod initial;

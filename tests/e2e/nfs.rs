@@ -26,7 +26,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -260,15 +260,6 @@ impl Drop for NfsMount {
     }
 }
 
-/// Polls `ok` until it holds, for at most [`MARKER_TIMEOUT`].
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + MARKER_TIMEOUT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Every `.nfs*` name anywhere below `dir`.
 fn silly_names_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -287,77 +278,208 @@ fn silly_names_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// What the workload's long write did.
-struct LongWrite {
-    name: String,
-    writes: usize,
-    took: Duration,
+/// What a workload does, through one NFS client or another: a kernel NFS mount or the
+/// server's own directory ([`Direct`]), or libnfs speaking the protocol itself
+/// (`ganesha.rs`). Paths are relative to the export; every call panics on failure.
+pub(crate) trait Client {
+    /// `mkdir -p`.
+    fn mkdirs(&mut self, rel: &Path);
+    /// Creates or truncates a file, writes `data`, sets mode 0644, closes it.
+    fn write(&mut self, rel: &Path, data: &[u8]);
+    fn append(&mut self, rel: &Path, data: &[u8]);
+    fn truncate(&mut self, rel: &Path, len: u64);
+    fn chmod(&mut self, rel: &Path, mode: u32);
+    /// Sets atime and mtime (to microseconds at least).
+    fn set_mtime(&mut self, rel: &Path, secs: i64, nsec: i64);
+    fn rename(&mut self, from: &Path, to: &Path);
+    fn remove_file(&mut self, rel: &Path);
+    fn remove_dir(&mut self, rel: &Path);
+    fn symlink(&mut self, target: &str, rel: &Path);
+    fn hard_link(&mut self, from: &Path, to: &Path);
+    /// Creates `rel` (mode 0644) and keeps it open for [`Client::piece`].
+    fn open_long(&mut self, rel: &Path);
+    /// Writes to the open file and commits the write to the server (fsync).
+    fn piece(&mut self, data: &[u8]);
+    fn close_long(&mut self);
+    /// Whether this client can chmod a directory (Debian's libnfs 4.0 cannot over NFSv4).
+    fn chmods_directories(&self) -> bool {
+        true
+    }
 }
 
-/// The mixed workload, all through the client mount `c` (and `beside`, the other export).
-fn workload(c: &Path, beside: &Path, server: &Path) -> LongWrite {
+/// A [`Client`] on a directory: a kernel NFS client mount, or the export on the server.
+pub(crate) struct Direct {
+    root: PathBuf,
+    long: Option<File>,
+}
+
+impl Direct {
+    pub(crate) fn new(root: &Path) -> Direct {
+        Direct {
+            root: root.to_path_buf(),
+            long: None,
+        }
+    }
+}
+
+impl Client for Direct {
+    fn mkdirs(&mut self, rel: &Path) {
+        mkdirs(&self.root.join(rel));
+    }
+    fn write(&mut self, rel: &Path, data: &[u8]) {
+        let p = self.root.join(rel);
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&p)
+            .and_then(|mut f| f.write_all(data))
+            .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+    fn append(&mut self, rel: &Path, data: &[u8]) {
+        append_file(&self.root.join(rel), data);
+    }
+    fn truncate(&mut self, rel: &Path, len: u64) {
+        let p = self.root.join(rel);
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(len))
+            .unwrap_or_else(|e| panic!("truncate {}: {e}", p.display()));
+    }
+    fn chmod(&mut self, rel: &Path, mode: u32) {
+        chmod(&self.root.join(rel), mode);
+    }
+    fn set_mtime(&mut self, rel: &Path, secs: i64, nsec: i64) {
+        set_mtime(&self.root.join(rel), secs, nsec);
+    }
+    fn rename(&mut self, from: &Path, to: &Path) {
+        rename(&self.root.join(from), &self.root.join(to));
+    }
+    fn remove_file(&mut self, rel: &Path) {
+        let p = self.root.join(rel);
+        fs::remove_file(&p).unwrap_or_else(|e| panic!("rm {}: {e}", p.display()));
+    }
+    fn remove_dir(&mut self, rel: &Path) {
+        let p = self.root.join(rel);
+        fs::remove_dir(&p).unwrap_or_else(|e| panic!("rmdir {}: {e}", p.display()));
+    }
+    fn symlink(&mut self, target: &str, rel: &Path) {
+        symlink(target, &self.root.join(rel));
+    }
+    fn hard_link(&mut self, from: &Path, to: &Path) {
+        fs::hard_link(self.root.join(from), self.root.join(to)).unwrap();
+    }
+    fn open_long(&mut self, rel: &Path) {
+        let p = self.root.join(rel);
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&p)
+            .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+        self.long = Some(f);
+    }
+    fn piece(&mut self, data: &[u8]) {
+        let f = self.long.as_mut().expect("no file open");
+        f.write_all(data).unwrap();
+        f.sync_data().unwrap();
+    }
+    fn close_long(&mut self) {
+        self.long = None;
+    }
+}
+
+/// `rm -r` of `rel` through `c`, deepest first, listing what to remove from the export's
+/// directory on the server (`server`).
+pub(crate) fn remove_tree(c: &mut dyn Client, server: &Path, rel: &Path) {
+    let mut entries: Vec<PathBuf> = fs::read_dir(server.join(rel))
+        .unwrap()
+        .map(|e| rel.join(e.unwrap().file_name()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        if fs::symlink_metadata(server.join(&e)).unwrap().is_dir() {
+            remove_tree(c, server, &e);
+        } else {
+            c.remove_file(&e);
+        }
+    }
+    c.remove_dir(rel);
+}
+
+/// What the workload's long write did.
+pub(crate) struct LongWrite {
+    pub(crate) name: String,
+    pub(crate) writes: usize,
+    pub(crate) took: Duration,
+}
+
+/// The mixed workload, all through `c` (and `beside`, a client of the other export); `server`
+/// is the export's directory on the server.
+pub(crate) fn workload(c: &mut dyn Client, beside: &mut dyn Client, server: &Path) -> LongWrite {
+    let p = |s: String| PathBuf::from(s);
     let mut rng = Rng::new(0x6e66_7321);
     // Many files in nested new directories.
     for d in 0..4 {
         for e in 0..4 {
-            let dir = c.join(format!("new/d{d}/e{e}"));
-            mkdirs(&dir);
+            let dir = p(format!("new/d{d}/e{e}"));
+            c.mkdirs(&dir);
             for f in 0..10 {
                 let len = rng.below(24 * 1024) as usize;
-                write_file(&dir.join(format!("f{f}.dat")), &rng.bytes(len));
+                c.write(&dir.join(format!("f{f}.dat")), &rng.bytes(len));
             }
         }
     }
     // Rewrites (same size), appends, truncates, chmod and mtimes on the existing tree.
     for i in 0..20 {
-        let p = c.join(format!("new/d0/e{}/f{}.dat", i % 4, i % 10));
-        let len = fs::metadata(&p).unwrap().len() as usize;
-        write_file(&p, &rng.bytes(len));
+        let f = p(format!("new/d0/e{}/f{}.dat", i % 4, i % 10));
+        let len = fs::metadata(server.join(&f)).unwrap().len() as usize;
+        c.write(&f, &rng.bytes(len));
     }
     for i in 0..20 {
-        append_file(
-            &c.join(format!("new/d1/e{}/f{}.dat", i % 4, i % 10)),
+        c.append(
+            &p(format!("new/d1/e{}/f{}.dat", i % 4, i % 10)),
             &rng.bytes(3000),
         );
     }
     for i in 0..10 {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(c.join(format!("new/d2/e{}/f{i}.dat", i % 4)))
-            .unwrap();
-        f.set_len((i * 100) as u64).unwrap();
+        c.truncate(&p(format!("new/d2/e{}/f{i}.dat", i % 4)), (i * 100) as u64);
     }
-    chmod(&c.join("new/d3/e0/f0.dat"), 0o600);
-    chmod(&c.join("new/d3/e1"), 0o750);
-    set_mtime(&c.join("new/d3/e0/f1.dat"), 1_500_000_000, 123_456_789);
+    c.chmod(Path::new("new/d3/e0/f0.dat"), 0o600);
+    if c.chmods_directories() {
+        c.chmod(Path::new("new/d3/e1"), 0o750);
+    }
+    c.set_mtime(Path::new("new/d3/e0/f1.dat"), 1_500_000_000, 123_456_789);
     // Renames of files (across directories, and over an existing file) and of a directory.
-    mkdirs(&c.join("moved"));
+    c.mkdirs(Path::new("moved"));
     for f in 0..5 {
-        fs::rename(
-            c.join(format!("new/d3/e2/f{f}.dat")),
-            c.join(format!("moved/from-e2-{f}.dat")),
-        )
-        .unwrap();
+        c.rename(
+            &p(format!("new/d3/e2/f{f}.dat")),
+            &p(format!("moved/from-e2-{f}.dat")),
+        );
     }
-    fs::rename(c.join("new/d3/e2/f9.dat"), c.join("new/d3/e3/f0.dat")).unwrap();
-    fs::rename(c.join("new/d1"), c.join("moved/d1-renamed")).unwrap();
+    c.rename(Path::new("new/d3/e2/f9.dat"), Path::new("new/d3/e3/f0.dat"));
+    c.rename(Path::new("new/d1"), Path::new("moved/d1-renamed"));
     // Deletions: files, a tree, and a directory filled and removed at once (its handles go
     // stale before the events about it are read).
     for f in 5..9 {
-        fs::remove_file(c.join(format!("new/d3/e2/f{f}.dat"))).unwrap();
+        c.remove_file(&p(format!("new/d3/e2/f{f}.dat")));
     }
-    fs::remove_dir_all(c.join("new/d2")).unwrap();
+    remove_tree(c, server, Path::new("new/d2"));
     for round in 0..5 {
-        let tmp = c.join(format!("tmp-{round}"));
-        mkdirs(&tmp.join("inner"));
+        let tmp = p(format!("tmp-{round}"));
+        c.mkdirs(&tmp.join("inner"));
         for f in 0..10 {
-            write_file(&tmp.join(format!("inner/t{f}")), b"temporary\n");
+            c.write(&tmp.join(format!("inner/t{f}")), b"temporary\n");
         }
-        fs::remove_dir_all(&tmp).unwrap();
+        remove_tree(c, server, &tmp);
     }
     // Odd names, a symlink, a hard link.
-    let odd = c.join("odd");
-    mkdirs(&odd);
+    let odd = Path::new("odd");
+    c.mkdirs(odd);
     for name in [
         &b"with space"[..],
         b"tab\there",
@@ -368,14 +490,42 @@ fn workload(c: &Path, beside: &Path, server: &Path) -> LongWrite {
         b"star*question?",
         &[b'l'; 255][..],
     ] {
-        write_file(&odd.join(os(name)), name);
+        c.write(&odd.join(os(name)), name);
     }
-    symlink("../new/d0/e0/f0.dat", odd.join("link")).unwrap();
-    fs::hard_link(c.join("new/d0/e1/f1.dat"), odd.join("hard")).unwrap();
+    c.symlink("../new/d0/e0/f0.dat", &odd.join("link"));
+    c.hard_link(Path::new("new/d0/e1/f1.dat"), &odd.join("hard"));
     // The export beside the source.
-    make_tree(&beside.join("not-ours"), &TreeSpec::new(30));
+    for d in 0..3 {
+        let dir = p(format!("not-ours/d{d}"));
+        beside.mkdirs(&dir);
+        for f in 0..10 {
+            beside.write(&dir.join(format!("f{f}")), &rng.bytes(100));
+        }
+    }
 
-    // Silly-renames: a file removed, and one renamed over, while held open by the client.
+    // A file kept open and written, each piece committed to the server, for seconds.
+    let name = "long/open.log".to_string();
+    c.mkdirs(Path::new("long"));
+    c.open_long(Path::new(&name));
+    let started = Instant::now();
+    let mut writes = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        c.piece(&rng.bytes(4096));
+        writes += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.close_long();
+    LongWrite {
+        name,
+        writes,
+        took: started.elapsed(),
+    }
+}
+
+/// The kernel NFS client's habit: a file removed, and one renamed over, while the client holds
+/// them open become `.nfs<hex>` files on the server. Returns the open files (written to after
+/// the remove); once they are closed, the client removes the silly-renamed files.
+fn silly_renames(c: &Path, server: &Path) -> (File, File) {
     let silly = c.join("silly");
     mkdirs(&silly);
     write_file(&silly.join("held"), b"held open\n");
@@ -397,52 +547,34 @@ fn workload(c: &Path, beside: &Path, server: &Path) -> LongWrite {
     );
     held.write_all(b"written after the remove\n").unwrap();
     held.sync_data().unwrap();
-
-    // A file kept open and written, each piece committed to the server, for seconds.
-    let name = "long/open.log".to_string();
-    mkdirs(&c.join("long"));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(c.join(&name))
-        .unwrap();
-    let started = Instant::now();
-    let mut writes = 0;
-    while started.elapsed() < Duration::from_secs(6) {
-        f.write_all(&rng.bytes(4096)).unwrap();
-        f.sync_data().unwrap();
-        writes += 1;
-        thread::sleep(Duration::from_millis(100));
-    }
-    drop(f);
-    let took = started.elapsed();
-
-    // The silly-renamed files were there all along, changing: none may have been sent.
-    drop(held);
-    drop(held_target);
-    LongWrite { name, writes, took }
+    (held, held_target)
 }
 
 /// Replication latency of a steady stream of new files: p50 and p99 from each file's close
 /// to its name appearing in the local target (rsync renames it into place), and how many
 /// the writer wrote per second.
-struct Latency {
-    files: usize,
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
+pub(crate) struct Latency {
+    pub(crate) files: usize,
+    pub(crate) rate: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
 }
 
-/// Writes `n` 1 KiB files into `write_dir/<sub>` (through NFS or on the server itself) at
-/// `rate` per second, and times each one's arrival in `target/<sub>`, watched with inotify.
-fn latency(write_dir: &Path, target: &Path, sub: &str, n: usize, rate: u32) -> Latency {
+/// Writes `n` 1 KiB files into `<sub>` through `writers` (NFS clients, or the server itself),
+/// taking turns, at `rate` per second in all, and times each one's arrival in `target/<sub>`,
+/// watched with inotify.
+pub(crate) fn latency(
+    writers: &mut [&mut (dyn Client + Send)],
+    target: &Path,
+    sub: &str,
+    n: usize,
+    rate: u32,
+) -> Latency {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    mkdirs(&write_dir.join(sub));
+    writers[0].mkdirs(Path::new(sub));
     let arrived_dir = target.join(sub);
     wait_until("the stream's directory reaches the target", || {
         arrived_dir.is_dir()
@@ -470,15 +602,30 @@ fn latency(write_dir: &Path, target: &Path, sub: &str, n: usize, rate: u32) -> L
         }
     });
     let start = Instant::now();
-    let mut closed = Vec::with_capacity(n);
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
+    let k = writers.len();
+    let mut closed = vec![start; n];
+    thread::scope(|scope| {
+        let mut turns = Vec::new();
+        for (j, w) in writers.iter_mut().enumerate() {
+            turns.push(scope.spawn(move || {
+                let mut times = Vec::new();
+                for i in (j..n).step_by(k) {
+                    let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    w.write(&Path::new(sub).join(format!("f{i:05}")), &[b'x'; 1024]);
+                    times.push((i, Instant::now()));
+                }
+                times
+            }));
         }
-        write_file(&write_dir.join(sub).join(format!("f{i:05}")), &[b'x'; 1024]);
-        closed.push(Instant::now());
-    }
+        for t in turns {
+            for (i, at) in t.join().unwrap() {
+                closed[i] = at;
+            }
+        }
+    });
     let wrote = start.elapsed();
     wait_until("every file of the stream arrives", || {
         arrivals.lock().unwrap().len() >= n
@@ -509,17 +656,14 @@ fn report(line: &str) {
     }
 }
 
-fn scenario(version: Version, kind: SourceKind) {
-    if nfs_skip() {
-        return;
-    }
-    let Some(rig) = Rig::new() else { return };
-    let beside = rig.fs.mkdir("other-export");
-    make_tree(&rig.src.join("before"), &TreeSpec::new(200));
-    let nfs = KernelNfs::start(&[&rig.src, &beside]);
-    let client = nfs.mount(&rig.src, version);
-    let client_beside = nfs.mount(&beside, version);
+/// `syncer run` on the rig's source with `kind`, both targets, a state directory and
+/// [`NFS_DELAY_MS`], once its initial sync is done.
+pub(crate) fn start_syncer(rig: &Rig, kind: SourceKind) -> Syncer {
+    start_syncer_with(rig, kind, &NFS_DELAY_MS.to_string())
+}
 
+/// [`start_syncer`] with another `--delay`.
+fn start_syncer_with(rig: &Rig, kind: SourceKind, delay_ms: &str) -> Syncer {
     let mut args: Vec<std::ffi::OsString> = vec![
         "run".into(),
         "--source".into(),
@@ -529,22 +673,15 @@ fn scenario(version: Version, kind: SourceKind) {
     ];
     args.extend(rig.target_args());
     args.extend(kind.args().into_iter().map(Into::into));
-    args.extend(["--delay".into(), NFS_DELAY_MS.to_string().into()]);
+    args.extend(["--delay".into(), delay_ms.into()]);
     let mut syncer = Syncer::spawn(args);
     syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
-    if kind == SourceKind::Ebpf {
-        assert!(
-            syncer.log_contains("VFS level: sees every writer"),
-            "the eBPF source should run on its VFS-level hooks on this kernel:\n{}",
-            syncer.log()
-        );
-    }
+    syncer
+}
 
-    let long = workload(&client.path, &client_beside.path, &rig.src);
-    rig.assert_converges(&mut syncer);
-    // Once the client let go of them, the silly-renamed files are gone from the server too.
-    assert!(silly_names_below(&rig.src).is_empty());
-
+/// What the daemon target received during the workload: no `.nfs*` name, nothing of the other
+/// export, and the long write at most once per hold window (and a couple around it).
+pub(crate) fn check_transfers(rig: &Rig, long: &LongWrite) {
     let received = rig.daemon.received();
     let junk: Vec<&String> = received
         .iter()
@@ -562,7 +699,6 @@ fn scenario(version: Version, kind: SourceKind) {
         beside_sent.is_empty(),
         "the other export's files travelled: {beside_sent:?}"
     );
-    // At most one transfer per hold window while it was written, and a couple around it.
     let sent = received.iter().filter(|n| **n == long.name).count();
     let allowed = (long.took.as_millis() as u64).div_ceil(HOLD_MS) as usize + 3;
     eprintln!(
@@ -576,23 +712,44 @@ fn scenario(version: Version, kind: SourceKind) {
         long.writes,
         long.took
     );
+}
 
-    // Figures (not asserted): a stream of new files through NFS, and the same on the server.
+/// Figures (not asserted), under syncer's default delay (`syncer` is stopped, and a new one
+/// started on the same state, which also shows a restart catching up): `n` new files written
+/// at 500/s through `nfs`, and the same written on the server; their latency, and the
+/// transfers per file written over NFS. Reported as one `NFS-FIGURES <label> ...` line.
+pub(crate) fn figures(
+    rig: &Rig,
+    syncer: Syncer,
+    kind: SourceKind,
+    nfs: &mut [&mut (dyn Client + Send)],
+    n: usize,
+    label: &str,
+    long: &LongWrite,
+) {
+    syncer.stop();
+    let mut syncer = start_syncer_with(rig, kind, DELAY_MS);
     let before = rig.daemon.received().len();
-    // 300 files each: under the VMs' emulation a writer reaches tens of files a second.
-    let nfs_stream = latency(&client.path, &rig.local, "stream-nfs", 300, 500);
-    let local_stream = latency(&rig.src, &rig.local, "stream-local", 300, 500);
+    let nfs_stream = latency(nfs, &rig.local, "stream-nfs", n, 500);
+    let local_stream = latency(
+        &mut [&mut Direct::new(&rig.src)],
+        &rig.local,
+        "stream-local",
+        n,
+        500,
+    );
     rig.assert_converges(&mut syncer);
-    let sent = rig.daemon.received()[before..]
+    syncer.stop();
+    let received = rig.daemon.received();
+    let sent = received[before..]
         .iter()
         .filter(|n| n.starts_with("stream-nfs/f"))
         .count();
     report(&format!(
-        "NFS-FIGURES kernel {} nfsd {version:?} source {}: through NFS {} files at {:.0}/s: \
-         p50 {:.0?} p99 {:.0?}, {:.2} transfers per file; written on the server at {:.0}/s: \
-         p50 {:.0?} p99 {:.0?}; long write: {} commits over {:.1?}, sent {sent_long} times",
-        std::env::var("SYNCER_VM_KERNEL").unwrap_or_default(),
-        kind.arg(),
+        "NFS-FIGURES {label} delay {DELAY_MS} ms: through NFS ({} clients) {} files at {:.0}/s: p50 {:.0?} p99 {:.0?}, {:.2} \
+         transfers per file; written on the server at {:.0}/s: p50 {:.0?} p99 {:.0?}; long \
+         write: {} commits over {:.1?}, sent {} times",
+        nfs.len(),
         nfs_stream.files,
         nfs_stream.rate,
         nfs_stream.p50,
@@ -603,9 +760,58 @@ fn scenario(version: Version, kind: SourceKind) {
         local_stream.p99,
         long.writes,
         long.took,
-        sent_long = received.iter().filter(|n| **n == long.name).count(),
+        received.iter().filter(|n| **n == long.name).count(),
     ));
-    syncer.stop();
+}
+
+fn scenario(version: Version, kind: SourceKind) {
+    if nfs_skip() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    let beside = rig.fs.mkdir("other-export");
+    make_tree(&rig.src.join("before"), &TreeSpec::new(200));
+    let nfs = KernelNfs::start(&[&rig.src, &beside]);
+    let client = nfs.mount(&rig.src, version);
+    let client_beside = nfs.mount(&beside, version);
+
+    let mut syncer = start_syncer(&rig, kind);
+    if kind == SourceKind::Ebpf {
+        assert!(
+            syncer.log_contains("VFS level: sees every writer"),
+            "the eBPF source should run on its VFS-level hooks on this kernel:\n{}",
+            syncer.log()
+        );
+    }
+
+    // The silly-renamed files are there, changing, all through the workload: none may be sent.
+    let held = silly_renames(&client.path, &rig.src);
+    let long = workload(
+        &mut Direct::new(&client.path),
+        &mut Direct::new(&client_beside.path),
+        &rig.src,
+    );
+    drop(held);
+    rig.assert_converges(&mut syncer);
+    // Once the client let go of them, the silly-renamed files are gone from the server too.
+    assert!(silly_names_below(&rig.src).is_empty());
+    check_transfers(&rig, &long);
+
+    // 300 files each: under the VMs' emulation a writer reaches tens of files a second.
+    let label = format!(
+        "kernel {} nfsd {version:?} source {}",
+        std::env::var("SYNCER_VM_KERNEL").unwrap_or_default(),
+        kind.arg()
+    );
+    figures(
+        &rig,
+        syncer,
+        kind,
+        &mut [&mut Direct::new(&client.path)],
+        300,
+        &label,
+        &long,
+    );
 }
 
 mod kernel_v3 {

@@ -74,6 +74,15 @@ pub const DELAY_MS: &str = "50";
 // ---------------------------------------------------------------------------------------------
 // Skipping
 
+/// Polls `ok` every 50 ms until it holds, failing after [`MARKER_TIMEOUT`] with `what`.
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + MARKER_TIMEOUT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Returns `true`, after printing `SKIP: <reason>` to stderr, when this machine cannot run the
 /// suite: not root, a tool missing, or loop mounts unavailable. The probe (a real 32 MiB loop
 /// mount) runs once per test binary. With `SYNCER_E2E_REQUIRE=1` a skip is a failure instead.

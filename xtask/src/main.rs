@@ -81,6 +81,15 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     // A real sshd on 127.0.0.1 for the ssh target scenario.
     ("/usr/sbin/sshd", "openssh-server"),
+    // nfs-ganesha with its VFS backend and rpcbind, and libnfs for the client (ganesha.rs).
+    ("ganesha.nfsd", "nfs-ganesha"),
+    (
+        "/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so",
+        "nfs-ganesha-vfs",
+    ),
+    ("rpcbind", "rpcbind"),
+    ("/usr/lib/x86_64-linux-gnu/libnfs.so.13", "libnfs13"),
+    ("ip", "iproute2"),
     // The OpenMetrics parser the metrics scenario checks scrapes with (Debian's python3's).
     (
         "/usr/lib/python3/dist-packages/prometheus_client/__init__.py",

@@ -213,7 +213,7 @@ impl Collector for Collect {
         self.per_target(
             &mut enc,
             "syncer_paths_dropped",
-            "Paths that needed no transfer (below a directory replaced by a file)",
+            "Paths that needed no transfer (below a directory replaced by a file, or a late close of a file the target holds)",
             Counter,
             |t| t.paths_dropped as f64,
         )?;

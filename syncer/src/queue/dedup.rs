@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tracing::trace;
 
-use super::rules::{merge_retry, next_state, Op, Pending};
+use super::rules::{closed_only, merge_retry, next_state, Op, Pending};
 use super::{Journal, JournalEntry};
 use crate::change::Change;
 
@@ -186,6 +186,14 @@ impl DedupMap {
             .map(|p| p.op)
             .or(slot.inflight_dir_delete.then_some(Op::Delete));
         let op = next_state(cur, c.kind, c.is_dir);
+        // An in-flight directory deletion counts as an event other than a close.
+        let only_closes = closed_only(
+            slot.pending
+                .as_ref()
+                .map(|p| p.closed_only)
+                .or(slot.inflight_dir_delete.then_some(false)),
+            c.kind,
+        );
         trace!(path = %c.path.display(), kind = ?c.kind, dir = c.is_dir, ?op, inflight, "change");
         let before = slot.pending.as_ref().map(|p| (p.op, p.is_dir));
         let pending = match slot.pending.take() {
@@ -193,6 +201,7 @@ impl DedupMap {
                 self.uncount(&p);
                 p.op = op;
                 p.is_dir = c.is_dir;
+                p.closed_only = only_closes;
                 let delay = self.delay();
                 p.due = (now + delay).min(p.first + delay * 10).max(p.due);
                 p.last = now;
@@ -206,6 +215,7 @@ impl DedupMap {
                     last: now,
                     due: now + self.delay(),
                     attempts: 0,
+                    closed_only: only_closes,
                 };
                 if !inflight {
                     timers.push(Reverse((p.due, key)));
@@ -246,6 +256,7 @@ impl DedupMap {
             last: due,
             due,
             attempts: 0,
+            closed_only: false,
         };
         let merged = match slot.pending.take() {
             Some(cur) => {

@@ -1,6 +1,7 @@
 //! The coalescing rules of the dedup map, as plain functions: [`next_state`] (one event onto a
-//! pending state) and [`merge_retry`] (a failed transfer under newer events), and what a
-//! pending entry is ([`Op`], [`Pending`]). The tests at the bottom are their table.
+//! pending state), [`closed_only`] (whether an entry is nothing but closes) and [`merge_retry`]
+//! (a failed transfer under newer events), and what a pending entry is ([`Op`], [`Pending`]).
+//! The tests at the bottom are their table.
 
 use std::time::Instant;
 
@@ -35,6 +36,9 @@ pub struct Pending {
     pub due: Instant,
     /// Failed transfers so far.
     pub attempts: u32,
+    /// Nothing but closes after writing came for this entry ([`closed_only`]): the dispatcher
+    /// sends it only if the file differs from what the target's index certifies.
+    pub closed_only: bool,
 }
 
 impl Pending {
@@ -54,16 +58,25 @@ pub fn next_state(cur: Option<Op>, kind: ChangeKind, is_dir: bool) -> Op {
     let moved_in = if is_dir { Op::Tree } else { Op::Update };
     match (cur, kind) {
         (_, Rescan) => Op::Tree,
-        (None, Created | Modified) => Op::Update,
+        (None, Created | Modified | Closed) => Op::Update,
         (None, MovedIn) => moved_in,
         (_, Removed) => Op::Delete,
         // A rename over an existing name: whatever was there may be on the target.
         (Some(_), MovedIn) => moved_in,
         // A directory removed and made again: the target may still hold the old contents.
-        (Some(Op::Delete), Created | Modified) if is_dir => Op::Tree,
-        (Some(Op::Delete), Created | Modified) => Op::Update,
-        (Some(op), Created | Modified) => op,
+        (Some(Op::Delete), Created | Modified | Closed) if is_dir => Op::Tree,
+        (Some(Op::Delete), Created | Modified | Closed) => Op::Update,
+        (Some(op), Created | Modified | Closed) => op,
     }
+}
+
+/// Whether an entry is, after `kind`, nothing but closes after writing: `cur` is that of the
+/// pending entry (`None`: nothing pending). Such a close usually comes after the writes it
+/// ends were reported and sent (an NFS server closes its cached descriptor a second or more
+/// after a client's last WRITE); the file is then sent only if it no longer matches the
+/// target's index entry (the certificate of what the target holds, `state::meta`).
+pub fn closed_only(cur: Option<bool>, kind: ChangeKind) -> bool {
+    kind == ChangeKind::Closed && cur.unwrap_or(true)
 }
 
 /// A failed transfer of `old` goes back under the `newer` events that arrived meanwhile.
@@ -84,6 +97,7 @@ pub fn merge_retry(old: &Pending, newer: Option<Pending>) -> Pending {
         last: old.last.max(newer.last),
         due: old.due.max(newer.due),
         attempts: old.attempts,
+        closed_only: old.closed_only && newer.closed_only,
     }
 }
 
@@ -95,10 +109,15 @@ mod tests {
     /// What the dispatcher will transfer for a path after a sequence of events.
     fn outcome(events: &[(ChangeKind, bool)]) -> &'static str {
         let mut state = None;
+        let mut only_closes = None;
         for &(kind, is_dir) in events {
             state = Some(next_state(state, kind, is_dir));
+            only_closes = Some(closed_only(only_closes, kind));
         }
-        name(state)
+        match (name(state), only_closes) {
+            ("update", Some(true)) => "update if changed",
+            (n, _) => n,
+        }
     }
 
     fn name(op: Option<Op>) -> &'static str {
@@ -136,6 +155,13 @@ mod tests {
             ("tree then removed deletes", &[(MovedIn, D), (Removed, D)], "delete"),
             ("tree absorbs later updates", &[(MovedIn, D), (Modified, D)], "tree"),
             ("attribute change of a directory", &[(Modified, D)], "update"),
+            ("a close alone (an NFS server's late one): sent only if the file changed", &[(Closed, F)], "update if changed"),
+            ("closes alone", &[(Closed, F), (Closed, F)], "update if changed"),
+            ("writes then their close", &[(Modified, F), (Closed, F)], "update"),
+            ("a close then a write", &[(Closed, F), (Modified, F)], "update"),
+            ("created then closed", &[(Created, F), (Closed, F)], "update"),
+            ("removed, then a close of the name made again", &[(Removed, F), (Closed, F)], "update"),
+            ("a close then removed", &[(Closed, F), (Removed, F)], "delete"),
         ];
         for (name, events, want) in table {
             assert_eq!(outcome(events), *want, "{name}");
@@ -152,6 +178,7 @@ mod tests {
             last: t0,
             due: t0,
             attempts: 1,
+            closed_only: false,
         };
         const F: bool = false;
         const D: bool = true;

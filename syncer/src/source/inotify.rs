@@ -252,10 +252,10 @@ fn handle(w: &mut Watches, events: &[InotifyEvent], stats: &SourceStats, out: &m
                 entry_changes(&path, ChangeKind::Created, false, out);
             }
         }
-        if m.intersects(
-            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB,
-        ) {
+        if m.intersects(AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB) {
             out.push(Change::new(&path, ChangeKind::Modified, is_dir));
+        } else if m.contains(AddWatchFlags::IN_CLOSE_WRITE) {
+            out.push(Change::new(&path, ChangeKind::Closed, is_dir));
         }
     }
     // Directories moved out of the tree: stop watching them.

@@ -240,6 +240,7 @@ mod tests {
             last: due,
             due,
             attempts,
+            closed_only: false,
         }
     }
 

@@ -48,7 +48,8 @@ pub struct PoolStats {
     pub rsync_spawned: AtomicU64,
     pub failed_batches: AtomicU64,
     /// Entries dropped without a transfer: below a directory that became a file (the
-    /// ancestor's transfer replaces it, children included).
+    /// ancestor's transfer replaces it, children included), or nothing but a close after
+    /// writing of a file the target's index shows it holds as it is.
     pub dropped: AtomicU64,
     /// Paths that have failed alone three times or more (recorded in the state with rsync's
     /// reason, and still retried).

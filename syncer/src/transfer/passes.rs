@@ -246,6 +246,7 @@ pub fn entries_of(piece: Piece, level: u32, now: Instant) -> Vec<Taken> {
                 last: now,
                 due: now,
                 attempts: level,
+                closed_only: false,
             },
         })
         .collect()

@@ -510,8 +510,10 @@ pub fn changes_for(mask: u64, path: &Path, is_dir: bool, out: &mut Vec<Change>) 
         };
         entry_changes(path, kind, is_dir, out);
     }
-    if mask & (FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB) != 0 {
+    if mask & (FAN_MODIFY | FAN_ATTRIB) != 0 {
         out.push(Change::new(path, ChangeKind::Modified, is_dir));
+    } else if mask & FAN_CLOSE_WRITE != 0 {
+        out.push(Change::new(path, ChangeKind::Closed, is_dir));
     }
     if at_root && (removed || appeared) {
         // The source root itself was removed or replaced: compare everything.
@@ -573,6 +575,16 @@ mod tests {
         assert_eq!(
             kinds(FAN_CLOSE_WRITE | FAN_MODIFY, false),
             [s("d/f", Modified)]
+        );
+        // A close with nothing else: only a close (it may find the target up to date).
+        assert_eq!(kinds(FAN_CLOSE_WRITE, false), [s("d/f", Closed)]);
+        assert_eq!(
+            kinds(FAN_CLOSE_WRITE | FAN_ATTRIB, false),
+            [s("d/f", Modified)]
+        );
+        assert_eq!(
+            kinds(FAN_CREATE | FAN_CLOSE_WRITE, false),
+            [s("d/f", Created), s("d", Modified), s("d/f", Closed)]
         );
         assert_eq!(
             kinds(FAN_MOVED_TO | FAN_ONDIR, true),

@@ -174,6 +174,12 @@ impl Dispatcher {
                 self.map.complete(&t.path, None);
                 continue;
             }
+            if t.pending.closed_only && self.holds_already(&t.path, &meta) {
+                trace!(path = %t.path.display(), "dropped: a close of what the target holds");
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.map.complete(&t.path, None);
+                continue;
+            }
             if let Ok(m) = &meta {
                 if m.is_file() && t.pending.op == Op::Update && m.nlink() > 1 {
                     linked.push((t.path.clone(), m.clone()));
@@ -198,6 +204,17 @@ impl Dispatcher {
         if !linked.is_empty() {
             self.other_links(&linked, now);
         }
+    }
+
+    /// Whether the target's index certifies that the target holds `path` as the source shows
+    /// it now (`meta`, just read): then a close after writing, with no other event, needs
+    /// no transfer (the writes it ends were sent). No state, no index entry, a read error or
+    /// any difference (a write since moved the ctime): it does.
+    fn holds_already(&self, path: &Path, meta: &std::io::Result<std::fs::Metadata>) -> bool {
+        let (Some(state), Ok(m)) = (&self.state, meta) else {
+            return false;
+        };
+        m.is_file() && matches!(state.get(path), Ok(Some(known)) if known == Meta::from_metadata(m))
     }
 
     /// The next batch: live work first, but the pass always keeps one piece in flight.
