@@ -36,6 +36,10 @@ use crate::target::{BatchKind, Target};
 /// Entries per pass piece (see [`crate::queue::pass`]); at most `batch_max` directories.
 const PIECE_ENTRIES: u64 = 4096;
 
+/// Most certificates of recent plain transfers kept in memory ([`Dispatcher::certify`]); past
+/// it they are forgotten at once (the index still has them, once written).
+const RECENT_CERTIFICATES: usize = 16 * 1024;
+
 pub struct Dispatcher {
     pub(super) target: Target,
     pub(super) map: Arc<DedupMap>,
@@ -54,6 +58,10 @@ pub struct Dispatcher {
     links: Links,
     /// What fill_ready's lstat saw of plain entries still waiting (see [`Batch`]).
     seen: hashbrown::HashMap<Arc<Path>, Option<Meta>>,
+    /// The certificates of plain transfers that succeeded lately, as the index gets them: a
+    /// late close that comes during the transfer is taken before the state's writer has
+    /// made the index entry visible.
+    recent: hashbrown::HashMap<PathBuf, Meta>,
     /// When a still-down target was last said to be down (the log says so once a minute).
     down_logged: Option<Instant>,
     pub(super) pass: Option<PassState>,
@@ -94,6 +102,7 @@ impl Dispatcher {
             health: Health::new(cfg.can_probe),
             links: Links::default(),
             seen: hashbrown::HashMap::new(),
+            recent: hashbrown::HashMap::new(),
             down_logged: None,
             pass: None,
             pass_gen: 0,
@@ -214,7 +223,29 @@ impl Dispatcher {
         let (Some(state), Ok(m)) = (&self.state, meta) else {
             return false;
         };
-        m.is_file() && matches!(state.get(path), Ok(Some(known)) if known == Meta::from_metadata(m))
+        let now = Meta::from_metadata(m);
+        m.is_file()
+            && (self.recent.get(path) == Some(&now)
+                || matches!(state.get(path), Ok(Some(known)) if known == now))
+    }
+
+    /// Keeps the certificates of a plain batch that succeeded, for [`Self::holds_already`].
+    pub(super) fn certify(&mut self, batch: &Batch) {
+        let Some(seen) = &batch.seen else { return };
+        if self.recent.len() + seen.len() > RECENT_CERTIFICATES {
+            self.recent.clear();
+        }
+        for u in seen {
+            match u {
+                IndexUpdate::Put(p, m) => {
+                    self.recent.insert(p.clone(), *m);
+                }
+                IndexUpdate::Remove(p) => {
+                    self.recent.remove(p);
+                }
+                IndexUpdate::Children(..) => {}
+            }
+        }
     }
 
     /// The next batch: live work first, but the pass always keeps one piece in flight.

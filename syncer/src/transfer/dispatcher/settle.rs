@@ -51,6 +51,7 @@ impl Dispatcher {
         if res.outcome == Outcome::Vanished {
             debug!(target = %self.target, "some files vanished during transfer: {}", res.stderr.trim());
         }
+        self.certify(&res.batch);
         match res.batch.origin {
             Origin::Map => {
                 for t in &res.batch.entries {
