@@ -160,10 +160,15 @@ fn ebpf_ring_buffer_full() {
     let mut syncer = Syncer::spawn(run_args(&rig, &args));
     syncer.wait_for_log(INITIAL_SYNC_FINISHED, MARKER_TIMEOUT);
     rig.assert_converges(&mut syncer);
-    assert!(
-        !syncer.log_contains(RECORDS_LOST),
-        "losses before the flood prove nothing"
-    );
+    // The syscall tracepoints also hand every absolute name that other processes on the host
+    // write (their root is not on the source's filesystem) to the loader, which places them: on
+    // a busy machine (the rest of the suite running) they can fill four KiB on their own. So a
+    // loss before the flood is noted, not failed; the flood must bring a report of its own.
+    let lost_reports = |s: &Syncer| s.log().matches(RECORDS_LOST).count();
+    let before = lost_reports(&syncer);
+    if before > 0 {
+        eprintln!("{before} loss report(s) before the flood, from other writers on the host");
+    }
 
     syncer.pause();
     let flood = TreeSpec {
@@ -179,7 +184,7 @@ fn ebpf_ring_buffer_full() {
     }
     syncer.resume();
 
-    syncer.wait_for_log(RECORDS_LOST, MARKER_TIMEOUT);
+    wait_until("the flood is reported lost", || lost_reports(&syncer) > before);
     rig.assert_converges(&mut syncer);
     let log = syncer.stop();
     assert!(
