@@ -56,11 +56,17 @@ pub fn take() -> Option<Kept> {
     kept
 }
 
+/// Whether a service manager is there to keep a group (`NOTIFY_SOCKET`): without one, the
+/// reader keeps no spool and no cursor, since nothing would hand its queue to a successor.
+pub fn available() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 /// Stores `fd` as group `id` (replacing `old`, the group handed back, if it is another one).
 /// A store that refuses (`FileDescriptorStoreMax=0`) costs nothing but the walk after a
 /// restart.
 pub fn keep(id: u64, fd: BorrowedFd<'_>, old: Option<u64>) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+    if !available() {
         return;
     }
     if let Some(old) = old.filter(|&o| o != id) {
@@ -78,7 +84,7 @@ pub fn keep(id: u64, fd: BorrowedFd<'_>, old: Option<u64>) {
 
 /// Takes group `id` out of the store (its queue is not read by anyone any more).
 pub fn forget(id: u64) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+    if available() {
         remove(&name(id));
     }
 }

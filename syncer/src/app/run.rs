@@ -578,14 +578,15 @@ fn apply_reload(
 /// The source's kernel queue, if it can outlive this process (a fanotify group): followed by
 /// the state's cursor, and handed to systemd's fd store (replacing `stored`, the group handed
 /// back, when this is another one). `taken_up`: the group is the one handed back. The marks
-/// its reader leaves.
+/// its reader leaves. Without a service manager to hand it to, nothing is kept: the spool's
+/// write per read would only cost.
 fn keep_group(
     state: &crate::state::State,
     opened: &source::Opened,
     taken_up: Option<u64>,
     stored: Option<u64>,
 ) -> Option<Arc<dyn crate::change::ReadMarks>> {
-    match opened.kept_queue() {
+    match opened.kept_queue().filter(|_| fdstore::available()) {
         Some((fd, _)) => {
             let id = taken_up.unwrap_or_else(fdstore::new_id);
             match state.follow_group(id) {
