@@ -9,6 +9,9 @@
 //!   changed, not the tree.
 //! - `damaged_state_is_rebuilt`: the store's files overwritten with garbage: detected,
 //!   logged, a full pass, identical trees.
+//! - `a_damaged_journal_is_set_aside_and_passed`: a journal holding what a down target
+//!   still owes, damaged in its middle while syncer is down: detected, logged, kept aside,
+//!   a full pass against that target, identical trees.
 //! - `a_second_syncer_on_the_same_state_is_refused`.
 //! - `changes_while_down_go_ahead_of_an_unfinished_pass`: a syncer killed before its first
 //!   pass was done; what changed meanwhile (a rewrite that restores mtime and size, which the
@@ -285,6 +288,52 @@ fn damaged_state_is_rebuilt() {
     assert!(
         log.contains("damaged") || log.contains("not trusted"),
         "the damage was not reported:\n{log}"
+    );
+    assert!(
+        log.contains(FULL_PASS),
+        "no full pass after the damage:\n{log}"
+    );
+}
+
+#[test]
+fn a_damaged_journal_is_set_aside_and_passed() {
+    let Some(mut rig) = Rig::new() else { return };
+    make_tree(&rig.src.join("t"), &tree());
+    let s = start_synced(&rig);
+    // The daemon down: what is written now stays owed to it, in its journal.
+    rig.daemon.stop();
+    make_tree(&rig.src.join("owed"), &TreeSpec::new(300));
+    let journals = rig.state_dir().join("journal");
+    wait_until("the journal holds what the daemon is owed", || {
+        std::fs::read_dir(&journals)
+            .unwrap()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 300 * 20))
+    });
+    s.kill();
+    // Garbage over the middle of every journal that holds records.
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&journals).unwrap().flatten() {
+        let len = e.metadata().unwrap().len();
+        if len > 64 {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap();
+            f.seek(std::io::SeekFrom::Start(len / 3)).unwrap();
+            f.write_all(&[0xA5; 16]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no journal to damage");
+    rig.daemon.start();
+    let mut s = rig.start(SourceKind::Fanotify);
+    rig.assert_converges(&mut s);
+    let log = s.stop();
+    assert!(
+        log.contains("fails its checksum and records follow it") && log.contains("damaged-"),
+        "the damage was not reported, or the journal not kept aside:\n{log}"
     );
     assert!(
         log.contains(FULL_PASS),

@@ -184,7 +184,9 @@ fn ebpf_ring_buffer_full() {
     }
     syncer.resume();
 
-    wait_until("the flood is reported lost", || lost_reports(&syncer) > before);
+    wait_until("the flood is reported lost", || {
+        lost_reports(&syncer) > before
+    });
     rig.assert_converges(&mut syncer);
     let log = syncer.stop();
     assert!(

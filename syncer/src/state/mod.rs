@@ -2,9 +2,9 @@
 //!
 //! One state directory per source (`--state-dir`, default `/var/lib/syncer`), locked by the
 //! running syncer, holding one fjall database (an LSM store with a write-ahead journal,
-//! atomic batches and range scans) with, per target:
-//! - the **journal** of pending paths (`queue::Journal`): written as the map takes changes
-//!   in, removed when a transfer covering the path succeeded;
+//! atomic batches and range scans) and, per target, a log file ([`journal`]):
+//! - the **journal** of pending paths (`queue::Journal`, in its log): written as the map takes
+//!   changes in, marked gone when a transfer covering the path succeeded;
 //! - the **index**: what the target is known to hold, one [`meta::Meta`] per entry, taken from
 //!   the source before the transfer that copied it and written when that transfer succeeded;
 //! - whether the index is **complete** (a full pass or a catch-up walk ended since it was
@@ -21,6 +21,7 @@
 
 pub mod catchup;
 pub mod cursor;
+mod journal;
 mod lock;
 pub mod meta;
 pub mod stat;
@@ -32,6 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::os::unix::ffi::OsStrExt;
+
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tracing::warn;
 
@@ -40,6 +43,7 @@ pub use self::meta::IndexUpdate;
 pub use self::target::{Failure, TargetState};
 use self::writer::{Write, Writer};
 use crate::change::ReadMarks;
+use crate::queue;
 
 /// The identity record's version; a state written by another layout is not read.
 const SCHEMA: u32 = 1;
@@ -119,9 +123,14 @@ impl State {
         let lock = lock::lock(dir)?;
         let id = identity(source).map_err(io)?;
         let db_dir = dir.join("db");
+        let journals = dir.join(JOURNALS);
         if fresh && db_dir.exists() {
             std::fs::remove_dir_all(&db_dir).map_err(io)?;
         }
+        if fresh && journals.exists() {
+            std::fs::remove_dir_all(&journals).map_err(io)?;
+        }
+        std::fs::create_dir_all(&journals).map_err(io)?;
         let db = open_db(&db_dir, dir)?;
         let meta = keyspace(&db, "meta", dir)?;
         match meta.get("identity") {
@@ -185,6 +194,10 @@ impl State {
             .map_or(0, |d| d.as_secs());
         let aside = dir.join(format!("db.damaged-{stamp}"));
         std::fs::rename(dir.join("db"), &aside)?;
+        // The journals go with it: a full pass covers whatever they held.
+        if dir.join(JOURNALS).exists() {
+            std::fs::rename(dir.join(JOURNALS), aside.join(JOURNALS))?;
+        }
         Ok(aside)
     }
 
@@ -192,13 +205,19 @@ impl State {
     pub fn target(&self, name: &str) -> Result<Arc<TargetState>, StateError> {
         let id = format!("{:08x}", crc32fast::hash(name.as_bytes()));
         let ks = |kind: &str| keyspace(&self.db, &format!("{kind}-{id}"), &self.dir);
+        let log = journal::Log::open(&self.dir.join(JOURNALS).join(format!("{id}.log"))).map_err(
+            |source| StateError::Io {
+                dir: self.dir.clone(),
+                source,
+            },
+        )?;
+        let log = Arc::new(std::sync::Mutex::new(log));
+        self.adopt_old_journal(&id, &log)?;
         Ok(Arc::new(TargetState {
             name: name.to_string(),
             dir: self.dir.clone(),
             index: ks("index")?,
-            journal: keyspace_with(&self.db, &format!("journal-{id}"), &self.dir, || {
-                KeyspaceCreateOptions::default().max_memtable_size(JOURNAL_MEMTABLE)
-            })?,
+            journal: log,
             failures: ks("failures")?,
             meta: self.meta.clone(),
             complete_key: format!("complete-{id}"),
@@ -209,6 +228,46 @@ impl State {
             writer: self.writer.clone(),
             linked: Default::default(),
         }))
+    }
+
+    /// A state written before the journals were logs kept them in a keyspace (`journal-<id>`,
+    /// path → op, kind and CRC): its entries move into the log, durably, and the keyspace goes.
+    fn adopt_old_journal(&self, id: &str, log: &writer::SharedLog) -> Result<(), StateError> {
+        let name = format!("journal-{id}");
+        if !self.db.keyspace_exists(&name) {
+            return Ok(());
+        }
+        let old = keyspace(&self.db, &name, &self.dir)?;
+        let mut records = Vec::new();
+        for item in old.iter() {
+            let (k, v) = item.into_inner().map_err(|e| damaged(&self.dir, e))?;
+            let body = v
+                .get(..2)
+                .filter(|b| v.len() == 6 && meta::checksum(&k, b).to_le_bytes() == v[2..]);
+            let op = match body.map(|b| b[0]) {
+                Some(0) => queue::Op::Update,
+                Some(1) => queue::Op::Delete,
+                Some(2) => queue::Op::Tree,
+                Some(3) => queue::Op::Shallow,
+                _ => return Err(damaged(&self.dir, "a journal entry fails its checksum")),
+            };
+            let path = std::ffi::OsStr::from_bytes(k.get(1..).unwrap_or_default());
+            let is_dir = v[1] == 1;
+            journal::encode(&mut records, Path::new(path), Some((op, is_dir)));
+        }
+        let mut l = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let io = |source| StateError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        l.append(&records).map_err(io)?;
+        l.sync().map_err(io)?;
+        drop(l);
+        self.db
+            .delete_keyspace(old)
+            .map_err(|e| damaged(&self.dir, e))
     }
 
     /// Waits until everything written so far is durable.
@@ -389,11 +448,8 @@ fn keyspace_with(
     db.keyspace(name, options).map_err(|e| damaged(dir, e))
 }
 
-/// The journal's memtable: every path an event names is written in and out of it, and what
-/// is pending at once is small, so a small memtable (flushed and compacted away often) keeps
-/// its skiplist in the cache; the store's default (64 MiB) made its searches most of the
-/// writer's time under load. Applies to journals created from now on.
-const JOURNAL_MEMTABLE: u64 = 4 << 20;
+/// The directory of the targets' journals, in the state directory.
+const JOURNALS: &str = "journal";
 
 #[cfg(test)]
 mod tests {
@@ -685,6 +741,37 @@ mod tests {
         assert!(
             s.target("another").unwrap().pending().unwrap().is_empty(),
             "targets are apart"
+        );
+    }
+
+    #[test]
+    fn a_journal_kept_in_the_store_moves_into_the_log() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, src) = (t.path().join("state"), t.path().to_path_buf());
+        let name = "rsync://h/m";
+        let id = format!("{:08x}", crc32fast::hash(name.as_bytes()));
+        {
+            // What a state from before the logs held: path -> op, is_dir, CRC.
+            let s = State::open(&dir, &src, false).unwrap();
+            let old = keyspace(&s.db, &format!("journal-{id}"), &dir).unwrap();
+            for (path, op, is_dir) in [("a/f", 0u8, 0u8), ("d", 2, 1)] {
+                let k = [b"p".as_slice(), path.as_bytes()].concat();
+                let body = [op, is_dir];
+                let crc = meta::checksum(&k, &body).to_le_bytes();
+                old.insert(&k, [body[0], body[1], crc[0], crc[1], crc[2], crc[3]])
+                    .unwrap();
+            }
+            s.flush();
+        }
+        let s = State::open(&dir, &src, false).unwrap();
+        let ts = s.target(name).unwrap();
+        assert!(!s.db.keyspace_exists(&format!("journal-{id}")));
+        assert_eq!(
+            ts.pending().unwrap(),
+            vec![
+                (PathBuf::from("a/f"), Op::Update, false),
+                (PathBuf::from("d"), Op::Tree, true)
+            ]
         );
     }
 

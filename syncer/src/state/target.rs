@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::meta::{self, IndexUpdate, Meta};
-use super::writer::{Write, Writer};
+use super::writer::{SharedLog, Write, Writer};
 use super::StateError;
 use crate::queue::{Journal, JournalEntry, Op};
 
@@ -17,7 +17,7 @@ pub struct TargetState {
     pub(super) name: String,
     pub(super) dir: PathBuf,
     pub(super) index: Keyspace,
-    pub(super) journal: Keyspace,
+    pub(super) journal: SharedLog,
     pub(super) failures: Keyspace,
     pub(super) meta: Keyspace,
     pub(super) complete_key: String,
@@ -62,40 +62,13 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A journal key: `p` and the path (the root, `""`, is the key `p`: keys are never empty).
-fn journal_key(path: &Path) -> Vec<u8> {
+/// A failing path's key: `p` and the path (the root, `""`, is the key `p`: keys are never
+/// empty).
+fn failure_key(path: &Path) -> Vec<u8> {
     let mut k = Vec::with_capacity(path.as_os_str().len() + 1);
     k.push(b'p');
     k.extend_from_slice(path.as_os_str().as_bytes());
     k
-}
-
-fn encode_op(key: &[u8], op: Op, is_dir: bool) -> [u8; 6] {
-    let body = [
-        match op {
-            Op::Update => 0,
-            Op::Delete => 1,
-            Op::Tree => 2,
-            Op::Shallow => 3,
-        },
-        u8::from(is_dir),
-    ];
-    let crc = meta::checksum(key, &body).to_le_bytes();
-    [body[0], body[1], crc[0], crc[1], crc[2], crc[3]]
-}
-
-fn decode_op(key: &[u8], v: &[u8]) -> Option<(Op, bool)> {
-    if v.len() != 6 || meta::checksum(key, &v[..2]).to_le_bytes() != v[2..] {
-        return None;
-    }
-    let op = match v[0] {
-        0 => Op::Update,
-        1 => Op::Delete,
-        2 => Op::Tree,
-        3 => Op::Shallow,
-        _ => return None,
-    };
-    Some((op, v[1] == 1))
 }
 
 impl TargetState {
@@ -150,17 +123,27 @@ impl TargetState {
         self.writer.flush();
     }
 
-    /// The paths pending when the state was last written, with their ops.
+    /// The paths pending when the state was last written, with their ops (the journal is
+    /// rewritten with just these). A torn tail (a kill or a power loss inside the last write)
+    /// is cut off, with a warning: what it held changed after the index's certificates, and
+    /// the start's walk finds it. A damaged journal is set aside: an error.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Op, bool)>, StateError> {
-        let mut out = Vec::new();
-        for item in self.journal.iter() {
-            let (k, v) = item.into_inner().map_err(|e| self.damaged(e))?;
-            let (op, is_dir) = decode_op(&k, &v)
-                .ok_or_else(|| self.damaged("a journal entry fails its checksum"))?;
-            let path = k.get(1..).unwrap_or_default();
-            out.push((PathBuf::from(std::ffi::OsStr::from_bytes(path)), op, is_dir));
+        let read = self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_pending();
+        match read {
+            Ok((pending, torn)) => {
+                if let Some(bytes) = torn {
+                    tracing::warn!(target = self.name, bytes, "the journal's last write was cut short (a crash during it); the walk against the index finds what it held");
+                }
+                Ok(pending)
+            }
+            Err((e, aside)) => {
+                Err(self.damaged(format!("{e} (the journal is kept in {})", aside.display())))
+            }
         }
-        Ok(out)
     }
 
     /// Whether the index describes the whole target (a full pass or walk completed).
@@ -203,11 +186,12 @@ impl TargetState {
             v.extend_from_slice(&crc32fast::hash(&v).to_le_bytes());
             v
         });
-        self.send(vec![(
+        // What the journal held when the pieces went is part of what this point says.
+        self.writer.send(Write::Barrier(vec![(
             self.meta.clone(),
             self.covered_key.as_bytes().to_vec(),
             v,
-        )]);
+        )]));
     }
 
     /// A walk of the source (the catch-up walk, or the walk ahead of a pass) that started and
@@ -236,11 +220,12 @@ impl TargetState {
             v.extend_from_slice(&sum);
             v
         });
-        self.send(vec![(
-            self.meta.clone(),
-            self.owed_key.as_bytes().to_vec(),
-            v,
-        )]);
+        let w = vec![(self.meta.clone(), self.owed_key.as_bytes().to_vec(), v)];
+        // A walk that ended says its entries are in the journal: after they are, durably.
+        self.writer.send(match since {
+            Some(_) => Write::Batch(w),
+            None => Write::Barrier(w),
+        });
     }
 
     /// Whether the operator paused this target (`syncer pause`) and has not resumed it: a
@@ -391,7 +376,7 @@ impl TargetState {
 impl TargetState {
     /// Records that `path` failed again (alone in its batch), with rsync's reason.
     pub fn failed(&self, path: &Path, attempts: u32, reason: &str) {
-        let k = journal_key(path);
+        let k = failure_key(path);
         let first = self
             .failures
             .get(&k)
@@ -410,7 +395,7 @@ impl TargetState {
 
     /// `path` went through: no longer failing.
     pub fn recovered(&self, path: &Path) {
-        self.send(vec![(self.failures.clone(), journal_key(path), None)]);
+        self.send(vec![(self.failures.clone(), failure_key(path), None)]);
     }
 
     /// The paths failing now, with their reasons.
@@ -435,14 +420,14 @@ impl TargetState {
 
 impl Journal for TargetState {
     fn record(&self, entries: &[JournalEntry<'_>]) {
-        let items = entries
-            .iter()
-            .map(|(path, state)| {
-                let k = journal_key(path);
-                let v = state.map(|(op, is_dir)| encode_op(&k, op, is_dir).to_vec());
-                (self.journal.clone(), k, v)
-            })
-            .collect();
-        self.send(items);
+        if entries.is_empty() {
+            return;
+        }
+        let mut records = Vec::with_capacity(entries.len() * 48);
+        for (path, state) in entries {
+            super::journal::encode(&mut records, path, *state);
+        }
+        self.writer
+            .send(Write::Journal(self.journal.clone(), records));
     }
 }

@@ -44,10 +44,20 @@ pub(super) fn alive_time(v: &[u8]) -> Option<std::time::SystemTime> {
 /// the batch being written).
 const GATHER: Duration = Duration::from_millis(10);
 
+/// A target's journal, shared by its state and the writer thread (which alone writes it).
+pub(crate) type SharedLog = std::sync::Arc<std::sync::Mutex<super::journal::Log>>;
+
 /// One write for the writer thread.
 pub(crate) enum Write {
     /// Inserts and removals, in one batch.
     Batch(Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>),
+    /// Records to append to a target's journal ([`super::journal`]).
+    Journal(SharedLog, Vec<u8>),
+    /// Inserts and removals that say what the journal holds (a pass's covered point, a walk
+    /// that ended after what it queued): written only once every journal is synced, so that a
+    /// power loss never keeps them without the records written before them (the journal and
+    /// the store are two files).
+    Barrier(Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>),
     /// Syncs everything written so far and answers.
     Flush(std::sync::mpsc::Sender<()>),
     /// Syncs and ends the writer (the state is closing; later writes are dropped).
@@ -173,29 +183,68 @@ impl Writer {
     }
 }
 
+/// What one turn of the writer takes from the buffer.
+#[derive(Default)]
+struct Turn {
+    /// Store writes in this turn's batch.
+    n: usize,
+    /// Journal records, per log, in the order they came.
+    journal: Vec<(SharedLog, Vec<u8>)>,
+    /// Some writes are barriers: the journals are synced before the batch is written.
+    barrier: bool,
+    flushes: Vec<std::sync::mpsc::Sender<()>>,
+    stop: bool,
+    read: Option<u64>,
+}
+
 /// Adds one write to the batch being built.
-fn take(
-    w: Write,
-    batch: &mut fjall::OwnedWriteBatch,
-    n: &mut usize,
-    flushes: &mut Vec<std::sync::mpsc::Sender<()>>,
-    stop: &mut bool,
-    read: &mut Option<u64>,
-) {
+fn take(w: Write, batch: &mut fjall::OwnedWriteBatch, t: &mut Turn) {
+    let mut put = |items: Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>| {
+        for (ks, k, v) in items {
+            match v {
+                Some(v) => batch.insert(&ks, k, v),
+                None => batch.remove(&ks, k),
+            }
+            t.n += 1;
+        }
+    };
     match w {
-        Write::Batch(items) => {
-            for (ks, k, v) in items {
-                match v {
-                    Some(v) => batch.insert(&ks, k, v),
-                    None => batch.remove(&ks, k),
-                }
-                *n += 1;
+        Write::Batch(items) => put(items),
+        Write::Barrier(items) => {
+            put(items);
+            t.barrier = true;
+        }
+        Write::Journal(log, records) => {
+            match t
+                .journal
+                .iter_mut()
+                .find(|(l, _)| std::sync::Arc::ptr_eq(l, &log))
+            {
+                Some((_, r)) => r.extend_from_slice(&records),
+                None => t.journal.push((log, records)),
             }
         }
-        Write::Flush(reply) => flushes.push(reply),
-        Write::Stop => *stop = true,
-        Write::Cursor(n) => *read = Some(n),
+        Write::Flush(reply) => t.flushes.push(reply),
+        Write::Stop => t.stop = true,
+        Write::Cursor(n) => t.read = Some(n),
     }
+}
+
+fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, super::journal::Log> {
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Syncs every journal written to; false if one failed (logged).
+fn sync_journals(logs: &[SharedLog]) -> bool {
+    let mut ok = true;
+    for log in logs {
+        if let Err(e) = lock(log).sync() {
+            warn!("syncing a journal failed: {e}");
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// The writer thread: writes what comes in batches, syncs every [`SYNC_EVERY`] while there
@@ -211,6 +260,8 @@ pub(super) fn write_loop(
     let mut last_sync = std::time::Instant::now();
     let mut last_beat: Option<std::time::Instant> = None;
     let mut unsynced = false;
+    // Every journal this writer appended to (synced with the store).
+    let mut logs: Vec<SharedLog> = Vec::new();
     // Writes and commits since the last sync (for the debug log).
     let (mut written, mut commits) = (0usize, 0usize);
     loop {
@@ -224,12 +275,33 @@ pub(super) fn write_loop(
             break;
         };
         let mut batch = db.batch();
-        let mut n = 0usize;
-        let mut flushes = Vec::new();
-        let mut stop = false;
-        let mut read = None;
+        let mut turn = Turn::default();
         for w in writes {
-            take(w, &mut batch, &mut n, &mut flushes, &mut stop, &mut read);
+            take(w, &mut batch, &mut turn);
+        }
+        let Turn {
+            mut n,
+            journal,
+            barrier,
+            flushes,
+            stop,
+            read,
+        } = turn;
+        // The journal's records first, one write per log: the store's writes of this turn
+        // (index entries, the heartbeat) never reach the OS before them.
+        for (log, records) in journal {
+            if let Err(e) = lock(&log).append(&records) {
+                if !failed.swap(true, Ordering::Relaxed) {
+                    tracing::error!("cannot write the journal in {} ({e}): replication goes on, and the next start compares more of the tree", dir.display());
+                }
+            }
+            unsynced = true;
+            if !logs.iter().any(|l| std::sync::Arc::ptr_eq(l, &log)) {
+                logs.push(log);
+            }
+        }
+        if barrier && !sync_journals(&logs) {
+            failed.store(true, Ordering::Relaxed);
         }
         // Written to the operating system at each commit (not left in the store's buffer): a
         // kill -9 then loses only what was still gathering, and the cursor can say so.
@@ -271,6 +343,7 @@ pub(super) fn write_loop(
             cursor.journaled(read);
         }
         if unsynced && (stop || !flushes.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
+            sync_journals(&logs);
             if let Err(e) = db.persist(PersistMode::SyncData) {
                 warn!("syncing the state failed: {e}");
             } else {
@@ -291,5 +364,6 @@ pub(super) fn write_loop(
             return;
         }
     }
+    sync_journals(&logs);
     let _ = db.persist(PersistMode::SyncAll);
 }
