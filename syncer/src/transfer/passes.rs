@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::batch::retry_piece;
 use crate::queue::pass::{Piece, PieceSize, Walk};
@@ -27,11 +27,17 @@ pub struct PassState {
     inflight: usize,
     /// How far the walk's order is on the target.
     covered: Covered,
+    /// When that was last taken ([`PassState::take_covered`]).
+    covered_taken: Option<Instant>,
     pub started: Instant,
     pub dirs_done: u64,
     /// Directories handed to the map after failing alone.
     pub failed_dirs: u64,
 }
+
+/// The least time between two records of how far a pass got (each makes the state's writer
+/// sync the journal first).
+pub const COVERED_EVERY: Duration = Duration::from_millis(250);
 
 impl PassState {
     /// A pass over `rel` below `source`, resumed after `after` (a pass cut short had every
@@ -53,6 +59,7 @@ impl PassState {
             retry: VecDeque::new(),
             inflight: 0,
             covered: Covered::default(),
+            covered_taken: None,
             started: now,
             dirs_done: 0,
             failed_dirs: 0,
@@ -113,9 +120,21 @@ impl PassState {
         self.covered.part_done(no);
     }
 
-    /// How far the walk's order is on the target, when that moved since last asked.
-    pub fn take_covered(&mut self) -> Option<PathBuf> {
-        self.covered.moved.take()
+    /// How far the walk's order is on the target, when that moved since it was last taken,
+    /// at most once per [`COVERED_EVERY`] (the point is a barrier for the state's writer,
+    /// which syncs the journal before it: a restart resumes at most that much earlier).
+    pub fn take_covered(&mut self, now: Instant) -> Option<PathBuf> {
+        if self
+            .covered_taken
+            .is_some_and(|t| now.saturating_duration_since(t) < COVERED_EVERY)
+        {
+            return None;
+        }
+        let moved = self.covered.moved.take();
+        if moved.is_some() {
+            self.covered_taken = Some(now);
+        }
+        moved
     }
 
     /// The target was down: the same piece again, first, once it is back.
@@ -255,6 +274,42 @@ pub fn entries_of(piece: Piece, level: u32, now: Instant) -> Vec<Taken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_covered_point_is_taken_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // (ms after t0, the prefix moved just before) -> taken
+        #[rustfmt::skip]
+        let steps: &[(u64, bool, bool)] = &[
+            (0, true, true),
+            (100, true, false),   // too soon: kept for later
+            (200, false, false),
+            (250, false, true),   // what moved at 100 ms
+            (300, false, false),  // nothing moved since
+            (400, true, false),
+            (2000, false, true),
+        ];
+        let mut p = PassState::start(
+            PathBuf::from("/nonexistent-syncer-test"),
+            PathBuf::new(),
+            PieceSize {
+                entries: 1,
+                dirs: 1,
+            },
+            0,
+            true,
+            None,
+            t0,
+        )
+        .unwrap();
+        for (i, &(at, moved, want)) in steps.iter().enumerate() {
+            if moved {
+                p.covered.moved = Some(PathBuf::from(format!("d{i}")));
+            }
+            assert_eq!(p.take_covered(t0 + ms(at)).is_some(), want, "at {at} ms");
+        }
+    }
 
     #[test]
     fn the_covered_prefix_grows_over_pieces_wholly_done() {

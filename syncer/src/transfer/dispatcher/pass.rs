@@ -86,7 +86,7 @@ impl Dispatcher {
         let Some(p) = self.pass.as_mut().filter(|_| self.watched) else {
             return;
         };
-        if let (Some(upto), Some(s)) = (p.take_covered(), &self.state) {
+        if let (Some(upto), Some(s)) = (p.take_covered(Instant::now()), &self.state) {
             s.set_pass_covered(Some(&upto));
             // Tests cut a pass short here (`FAILPOINTS=pass-covered=...->panic`).
             fail::fail_point!("pass-covered");
