@@ -79,6 +79,8 @@ pub struct State {
     /// What the previous syncer's reader left in the cursor.
     previous_marks: Option<cursor::Marks>,
     followed: std::sync::Mutex<Option<u64>>,
+    /// The targets' journals, by target id.
+    logs: std::sync::Mutex<std::collections::HashMap<String, writer::SharedLog>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _lock: File,
 }
@@ -182,6 +184,7 @@ impl State {
             cursor,
             previous_marks,
             followed: Default::default(),
+            logs: Default::default(),
             thread: Some(thread),
             _lock: lock,
         })
@@ -205,14 +208,7 @@ impl State {
     pub fn target(&self, name: &str) -> Result<Arc<TargetState>, StateError> {
         let id = format!("{:08x}", crc32fast::hash(name.as_bytes()));
         let ks = |kind: &str| keyspace(&self.db, &format!("{kind}-{id}"), &self.dir);
-        let log = journal::Log::open(&self.dir.join(JOURNALS).join(format!("{id}.log"))).map_err(
-            |source| StateError::Io {
-                dir: self.dir.clone(),
-                source,
-            },
-        )?;
-        let log = Arc::new(std::sync::Mutex::new(log));
-        self.adopt_old_journal(&id, &log)?;
+        let log = self.journal(&id)?;
         Ok(Arc::new(TargetState {
             name: name.to_string(),
             dir: self.dir.clone(),
@@ -228,6 +224,28 @@ impl State {
             writer: self.writer.clone(),
             linked: Default::default(),
         }))
+    }
+
+    /// Target `id`'s journal: one per target for the process (a reload that replaces a
+    /// target's state shares it with the map that still journals into it).
+    fn journal(&self, id: &str) -> Result<writer::SharedLog, StateError> {
+        let mut logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(log) = logs.get(id) {
+            return Ok(log.clone());
+        }
+        let log = journal::Log::open(&self.dir.join(JOURNALS).join(format!("{id}.log"))).map_err(
+            |source| StateError::Io {
+                dir: self.dir.clone(),
+                source,
+            },
+        )?;
+        let log = Arc::new(std::sync::Mutex::new(log));
+        self.adopt_old_journal(id, &log)?;
+        logs.insert(id.to_string(), log.clone());
+        Ok(log)
     }
 
     /// A state written before the journals were logs kept them in a keyspace (`journal-<id>`,
@@ -742,6 +760,17 @@ mod tests {
             s.target("another").unwrap().pending().unwrap().is_empty(),
             "targets are apart"
         );
+    }
+
+    #[test]
+    fn a_target_opened_twice_shares_its_journal() {
+        // A reload replaces a target's state while its map still journals into the old one:
+        // two handles on one log would each rewrite it under the other.
+        let t = tempfile::tempdir().unwrap();
+        let s = State::open(&t.path().join("state"), t.path(), false).unwrap();
+        let (a, b) = (s.target("x").unwrap(), s.target("x").unwrap());
+        assert!(Arc::ptr_eq(&a.journal, &b.journal));
+        assert!(!Arc::ptr_eq(&a.journal, &s.target("y").unwrap().journal));
     }
 
     #[test]
