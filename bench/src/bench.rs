@@ -83,6 +83,8 @@ pub struct Opts {
     pub files_per_dir: u32,
     /// The rows "big tree under live load".
     pub live: crate::live::LiveOpts,
+    /// The rows "restarts on a big tree".
+    pub restart: crate::restart::RestartOpts,
 }
 
 impl Opts {
@@ -467,6 +469,7 @@ pub fn rate_sample(c: &mut Ctx, tool: Tool, rate: RateSpec, dir: &Path) -> Resul
         url: &url,
         dir,
         initial_sync: true,
+        full_resync: false,
     };
     let mut run = tools::start(tool, &env)?;
     let pid = run.proc.pid;

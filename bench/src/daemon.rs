@@ -73,6 +73,17 @@ impl RsyncDaemon {
         self.proc.pid
     }
 
+    /// Bytes the daemon received from clients so far (its `sent N bytes  received N bytes`
+    /// line at the end of each session).
+    pub fn received_bytes(&self) -> u64 {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(" received ").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Client sessions so far (the probe connection at start-up included).
     pub fn connections(&self) -> u64 {
         std::fs::read_to_string(&self.log)

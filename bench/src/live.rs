@@ -243,7 +243,7 @@ fn wait_proc(p: &mut Proc, cap_s: f64) -> Result<sys::Exit> {
 /// Gives the bench's source and target filesystems fresh copies of the pristine images (both
 /// copied at once), or, in the huge mode, the pristine images themselves (used up). Returns
 /// the seconds the copies took.
-fn fresh_copies(c: &mut Ctx, p: &Pristine, consume: bool) -> Result<f64> {
+pub(crate) fn fresh_copies(c: &mut Ctx, p: &Pristine, consume: bool) -> Result<f64> {
     c.src.release()?;
     c.tgt.release()?;
     let t0 = mono_ns();
@@ -268,7 +268,7 @@ fn fresh_copies(c: &mut Ctx, p: &Pristine, consume: bool) -> Result<f64> {
 /// Writes the fresh copies back to disk (so that no writeback of them runs during the row) and
 /// drops the pristine images from the page cache (they are read again only by the next row's
 /// copy; keeping them would push the row's own pages out). Returns the seconds it took.
-fn flush_copies(c: &Ctx, p: &Pristine) -> Result<f64> {
+pub(crate) fn flush_copies(c: &Ctx, p: &Pristine) -> Result<f64> {
     use std::os::fd::AsRawFd;
     let t0 = mono_ns();
     for img in [c.src.img(), c.tgt.img()] {
@@ -288,7 +288,7 @@ fn flush_copies(c: &Ctx, p: &Pristine) -> Result<f64> {
 /// Walks both fresh trees once (a metadata comparison, which must find them identical), so that
 /// the row starts with the directories and inodes cached, as on a server in use. Returns the
 /// seconds it took.
-fn warm_up(c: &Ctx) -> Result<f64> {
+pub(crate) fn warm_up(c: &Ctx) -> Result<f64> {
     let t0 = mono_ns();
     let d = compare(c.src.path(), c.tgt.path(), false)?;
     if !d.files_ok() {
@@ -311,7 +311,7 @@ pub struct Lat {
 }
 
 impl Lat {
-    fn of(mut v: Vec<f64>, never: u64) -> Lat {
+    pub(crate) fn of(mut v: Vec<f64>, never: u64) -> Lat {
         v.sort_by(f64::total_cmp);
         Lat {
             n: v.len() as u64 + never,
@@ -426,13 +426,13 @@ pub struct LiveSection {
 }
 
 /// Sorted arrival and departure times of every name the watcher saw.
-struct Index {
+pub(crate) struct Index {
     arrived: HashMap<u64, Vec<u64>>,
     left: HashMap<u64, Vec<u64>>,
 }
 
 impl Index {
-    fn of(m: &Marks) -> Index {
+    pub(crate) fn of(m: &Marks) -> Index {
         let build = |v: &[(u64, u64)]| {
             let mut h: HashMap<u64, Vec<u64>> = HashMap::new();
             for &(k, t) in v {
@@ -458,7 +458,7 @@ impl Index {
 
 /// Every timed change: (kind, op time, when it reached the target). A departure of a name the
 /// pre-built tree did not hold is timed only if the target ever held it.
-fn timed(rep: &LiveGenReport, ix: &Index) -> Vec<(Kind, u64, Option<u64>)> {
+pub(crate) fn timed(rep: &LiveGenReport, ix: &Index) -> Vec<(Kind, u64, Option<u64>)> {
     let mut v: Vec<(Kind, u64, Option<u64>)> = rep
         .arrive
         .iter()
@@ -473,7 +473,7 @@ fn timed(rep: &LiveGenReport, ix: &Index) -> Vec<(Kind, u64, Option<u64>)> {
     v
 }
 
-fn lat_of<'a>(it: impl Iterator<Item = &'a (Kind, u64, Option<u64>)>) -> Lat {
+pub(crate) fn lat_of<'a>(it: impl Iterator<Item = &'a (Kind, u64, Option<u64>)>) -> Lat {
     let mut v = Vec::new();
     let mut never = 0;
     for &(_, t, at) in it {
@@ -500,6 +500,37 @@ fn latencies(s: &mut LiveSample, rep: &LiveGenReport, marks: &Marks, ready: Opti
         .collect();
 }
 
+/// Every timed change, for a look at the tail: seconds from the load's start to the
+/// operation, its kind, the name's key, and its latency in seconds (`-` never arrived).
+fn write_latencies(path: &Path, rep: &LiveGenReport, marks: &Marks) -> Result<()> {
+    use std::fmt::Write as _;
+    let ix = Index::of(marks);
+    let mut out = String::from("op_s\tkind\tkey\tlatency_s\n");
+    let mut rows: Vec<(u64, Kind, u64, Option<u64>)> = rep
+        .arrive
+        .iter()
+        .map(|&(k, t, kind)| (t, kind, k, Index::first(&ix.arrived, k, t)))
+        .collect();
+    rows.extend(
+        rep.leave
+            .iter()
+            .filter(|&&(k, _, _, pre)| pre || ix.arrived.contains_key(&k))
+            .map(|&(k, t, kind, _)| (t, kind, k, Index::first(&ix.left, k, t))),
+    );
+    rows.sort_unstable_by_key(|r| r.0);
+    for (t, kind, k, at) in rows {
+        let lat = at.map_or("-".to_string(), |a| format!("{:.3}", secs(a - t)));
+        let _ = writeln!(
+            out,
+            "{:.3}\t{}\t{k}\t{lat}",
+            secs(t.saturating_sub(rep.t_start)),
+            kind.id()
+        );
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
 /// How many timed changes have not reached the target yet.
 fn pending(rep: &LiveGenReport, marks: &Marks) -> usize {
     timed(rep, &Index::of(marks))
@@ -514,7 +545,12 @@ const QUIET_NS: u64 = 500_000_000;
 /// Waits for the target to match the source after the writer stopped at `w`: a quiet spell,
 /// every timed change arrived, then a metadata comparison; again on new activity, until the
 /// cap. Returns the convergence time (last target event - `w`).
-fn wait_converged(c: &Ctx, watcher: &Watcher, rep: &LiveGenReport, w: u64) -> Result<Option<f64>> {
+pub(crate) fn wait_converged(
+    c: &Ctx,
+    watcher: &Watcher,
+    rep: &LiveGenReport,
+    w: u64,
+) -> Result<Option<f64>> {
     let deadline = w + (c.o.live.converge_cap_s * 1e9) as u64;
     loop {
         sys::check_interrupt()?;
@@ -571,6 +607,68 @@ fn kill_and_restart(c: &Ctx, inst: &mut Instances, env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// Starts the live generator on the bench's source tree (`p`'s layout): `rate` operations/s
+/// of `mix` for `duration_s`; its report goes to `dir/live-gen.json` ([`gen_report`]).
+pub(crate) fn spawn_gen(
+    c: &Ctx,
+    p: &Pristine,
+    rate: f64,
+    duration_s: f64,
+    mix: &LiveMix,
+    dir: &Path,
+) -> Result<Proc> {
+    let lo = &c.o.live;
+    let (_, (min, max)) = lo.sizes();
+    let log = std::fs::File::create(dir.join("live-gen.log"))?;
+    Proc::spawn(
+        "live generator",
+        Command::new(&c.exe)
+            .arg("live-gen")
+            .arg("--dir")
+            .arg(c.src.path())
+            .args([
+                "--files",
+                &p.files.to_string(),
+                "--dirs",
+                &p.dirs.to_string(),
+            ])
+            .args(["--rate", &rate.to_string()])
+            .args(["--duration-s", &duration_s.to_string()])
+            .args(["--mix", &mix.describe()])
+            .args([
+                "--tmp-life-ms",
+                &format!("{}-{}", lo.tmp_life_ms.0, lo.tmp_life_ms.1),
+            ])
+            .args(["--seed", &c.o.seed.to_string()])
+            .args([
+                "--min-size",
+                &min.to_string(),
+                "--max-size",
+                &max.to_string(),
+            ])
+            .arg("--out")
+            .arg(dir.join("live-gen.json"))
+            .arg("--trace")
+            .arg(dir.join("live-gen.trace"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )
+}
+
+/// The report of a generator that exited with `e` (see [`spawn_gen`]).
+pub(crate) fn gen_report(e: &sys::Exit, dir: &Path) -> Result<LiveGenReport> {
+    if e.code() != Some(0) {
+        bail!(
+            "the live generator failed ({}): {}",
+            e.describe(),
+            std::fs::read_to_string(dir.join("live-gen.log")).unwrap_or_default()
+        );
+    }
+    serde_json::from_slice(&std::fs::read(dir.join("live-gen.json"))?)
+        .context("read the live generator's report")
+}
+
 /// Runs the generator (if `rate` > 0) while keeping the kill schedule; returns its report and
 /// CPU seconds (None for the no-load row).
 fn run_load(
@@ -583,44 +681,8 @@ fn run_load(
     dir: &Path,
 ) -> Result<(Option<LiveGenReport>, f64)> {
     let lo = &c.o.live;
-    let (_, (min, max)) = lo.sizes();
-    let out = dir.join("live-gen.json");
     let mut gen = if rate > 0.0 {
-        let log = std::fs::File::create(dir.join("live-gen.log"))?;
-        Some(Proc::spawn(
-            "live generator",
-            Command::new(&c.exe)
-                .arg("live-gen")
-                .arg("--dir")
-                .arg(c.src.path())
-                .args([
-                    "--files",
-                    &p.files.to_string(),
-                    "--dirs",
-                    &p.dirs.to_string(),
-                ])
-                .args(["--rate", &rate.to_string()])
-                .args(["--duration-s", &lo.duration_s.to_string()])
-                .args(["--mix", &lo.mix.describe()])
-                .args([
-                    "--tmp-life-ms",
-                    &format!("{}-{}", lo.tmp_life_ms.0, lo.tmp_life_ms.1),
-                ])
-                .args(["--seed", &c.o.seed.to_string()])
-                .args([
-                    "--min-size",
-                    &min.to_string(),
-                    "--max-size",
-                    &max.to_string(),
-                ])
-                .arg("--out")
-                .arg(&out)
-                .arg("--trace")
-                .arg(dir.join("live-gen.trace"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log),
-        )?)
+        Some(spawn_gen(c, p, rate, lo.duration_s, &lo.mix, dir)?)
     } else {
         None
     };
@@ -648,16 +710,7 @@ fn run_load(
     let Some(e) = gen_exit else {
         return Ok((None, 0.0));
     };
-    if e.code() != Some(0) {
-        bail!(
-            "the live generator failed ({}): {}",
-            e.describe(),
-            std::fs::read_to_string(dir.join("live-gen.log")).unwrap_or_default()
-        );
-    }
-    let rep: LiveGenReport = serde_json::from_slice(&std::fs::read(&out)?)
-        .context("read the live generator's report")?;
-    Ok((Some(rep), e.cpu_s))
+    Ok((Some(gen_report(&e, dir)?), e.cpu_s))
 }
 
 /// CPU seconds of every thread of `pid`, busiest first.
@@ -739,6 +792,7 @@ pub fn live_row(
         url: &url,
         dir: &run_dir,
         initial_sync: true,
+        full_resync: false,
     };
     let mut b = base(c, None);
     let run = tools::start(tool, &env)?;
@@ -755,6 +809,9 @@ pub fn live_row(
     if let Some(rep) = &rep {
         let ready = s.ready_ns;
         latencies(&mut s, rep, &seen.marks, ready);
+        if let Err(e) = write_latencies(&dir.join("latencies.tsv"), rep, &seen.marks) {
+            eprintln!("cannot write {}: {e}", dir.join("latencies.tsv").display());
+        }
     }
     s.watcher_events = seen.events;
     s.syncer_rsync_spawned = stopped.rsync_spawned;

@@ -16,6 +16,7 @@ mod livegen;
 mod livereport;
 mod procmon;
 mod report;
+mod restart;
 mod stats;
 mod sys;
 mod tools;
@@ -259,6 +260,34 @@ struct LiveArgs {
     /// --live-rates (default 500), results in bench/results/huge.{md,json}.
     #[arg(long)]
     huge_tree: Option<u64>,
+    /// Tree sizes of the rows "restarts on a big tree" (default 1000000; quick 100000; `none`
+    /// skips them): kill -9 under load with and without the state's index, a stop with files
+    /// changed meanwhile, one `rsync -a` of the same.
+    #[arg(long)]
+    restart_trees: Option<String>,
+    /// The load of the restart rows' kill -9, operations/s (default 500).
+    #[arg(long, default_value_t = 500.0)]
+    restart_rate: f64,
+    /// How long that load runs, s (default 30; quick 15).
+    #[arg(long)]
+    restart_duration: Option<f64>,
+    /// Percent of the files changed while syncer is stopped (default 1).
+    #[arg(long, default_value_t = 1.0)]
+    restart_changed: f64,
+}
+
+fn resolve_restart(a: &LiveArgs, q: bool) -> Result<restart::RestartOpts> {
+    let trees = match (&a.restart_trees, a.no_live || a.huge_tree.is_some()) {
+        (Some(t), _) => list_f64(t)?,
+        (None, true) => Vec::new(),
+        (None, false) => vec![if q { 100_000.0 } else { 1_000_000.0 }],
+    };
+    Ok(restart::RestartOpts {
+        trees: trees.into_iter().map(|x| x as u64).collect(),
+        rate: a.restart_rate,
+        duration_s: a.restart_duration.unwrap_or(if q { 15.0 } else { 30.0 }),
+        changed_pct: a.restart_changed,
+    })
 }
 
 fn list_f64(s: &str) -> Result<Vec<f64>> {
@@ -412,6 +441,7 @@ fn main() {
 fn resolve(a: BenchArgs) -> Result<Opts> {
     let q = a.quick;
     let live = resolve_live(&a.live, q)?;
+    let restart = resolve_restart(&a.live, q)?;
     let huge = live.huge;
     let syncer = match a.syncer {
         Some(p) => p,
@@ -492,6 +522,7 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
         seed: a.seed,
         files_per_dir: a.files_per_dir,
         live,
+        restart,
     })
 }
 
@@ -690,6 +721,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     } else {
         Some(live::run(&mut ctx)?)
     };
+    let restart = if o.restart.trees.is_empty() {
+        None
+    } else {
+        Some(restart::run(&mut ctx)?)
+    };
     drop(ctx);
     let mut summary = Vec::new();
     for &rate in &o.rates {
@@ -708,6 +744,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         samples,
         tree,
         live,
+        restart,
         notes,
         findings: Vec::new(),
     };

@@ -84,6 +84,8 @@ pub struct Report {
     pub tree: Option<TreeSection>,
     /// The rows "big tree under live load".
     pub live: Option<crate::live::LiveSection>,
+    /// The rows "restarts on a big tree".
+    pub restart: Option<crate::restart::RestartSection>,
     /// What the setup changed (tools skipped).
     pub notes: Vec<String>,
     /// What the samples show that a reader should not miss ([`auto_notes`]).
@@ -320,6 +322,9 @@ pub fn markdown(r: &Report) -> String {
     }
     if let Some(l) = &r.live {
         crate::livereport::tables(&mut s, l, r.tree.as_ref());
+    }
+    if let Some(x) = &r.restart {
+        crate::restart::tables(&mut s, x);
     }
     if !r.notes.is_empty() || !r.findings.is_empty() {
         let _ = writeln!(s, "## Notes from this run\n");

@@ -118,6 +118,8 @@ pub struct Env<'a> {
     pub dir: &'a Path,
     /// syncer: run the initial sync at start.
     pub initial_sync: bool,
+    /// syncer: `--full-resync` (the full pass, the state's index not trusted).
+    pub full_resync: bool,
 }
 
 /// A started tool.
@@ -194,6 +196,9 @@ pub fn start(tool: Tool, env: &Env) -> Result<Running> {
             }
             if !env.initial_sync {
                 c.arg("--no-initial-sync");
+            }
+            if env.full_resync {
+                c.arg("--full-resync");
             }
             c
         }

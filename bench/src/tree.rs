@@ -332,6 +332,7 @@ fn start_sample(c: &mut Ctx, tool: Tool, tree: &Path, dir: &Path, cap: u64) -> R
         url: &url,
         dir: &run_dir,
         initial_sync: true,
+        full_resync: false,
     };
     let conn0 = c.daemon.connections();
     let run = tools::start(tool, &env)?;
