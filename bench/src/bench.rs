@@ -689,6 +689,7 @@ mod tests {
             seed: 1,
             files_per_dir: 100,
             live: Default::default(),
+            restart: Default::default(),
         };
         assert_eq!(o.ops_for(Tool::Script, RateSpec::Fixed(200.0)), 2000);
         assert_eq!(o.ops_for(Tool::Script, RateSpec::Fixed(5000.0)), 5000);
