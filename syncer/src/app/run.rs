@@ -74,7 +74,7 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
     super::preflight::check_targets(&cfg).await?;
     // Bound before anything starts: an address that cannot be had is the operator's to fix.
     let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => Some(crate::ops::metrics::bind(addr).await.map_err(|e| {
+        Some(addr) => Some(crate::ops::control::bind_metrics(addr).await.map_err(|e| {
             RunError::io(
                 format!("listen for metrics on {addr} (--metrics-listen)"),
                 e,
@@ -205,7 +205,7 @@ pub async fn run(mut cfg: Config, reload: Option<Reloader>) -> Result<(), RunErr
                 let again = served_restarts <= SERVED_RESTARTS;
                 error!("the metrics task ended ({}){}", joined(r), if again { ": starting it again" } else { ", too often: running without it" });
                 if let (true, Some(addr)) = (again, cfg.metrics_listen) {
-                    match crate::ops::metrics::bind(addr).await {
+                    match crate::ops::control::bind_metrics(addr).await {
                         Ok(l) => metrics = Some(start_metrics(l, &live, &control_stop)),
                         Err(e) => error!("listen for metrics on {addr} again: {e}: running without metrics"),
                     }
@@ -285,7 +285,11 @@ fn start_metrics(
 ) -> tokio::task::JoinHandle<()> {
     info!(addr = ?listener.local_addr().ok(), "metrics served at /metrics");
     let pipeline: Arc<dyn control::Pipeline> = live.clone();
-    tokio::spawn(crate::ops::metrics::serve(listener, pipeline, stop.clone()))
+    tokio::spawn(crate::ops::control::serve_metrics(
+        listener,
+        pipeline,
+        stop.clone(),
+    ))
 }
 
 /// Resolves when `task` ends (never when there is none), leaving `None` behind.

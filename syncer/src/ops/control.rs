@@ -7,7 +7,9 @@
 //! Routes (every answer is JSON; errors are `{"error": "..."}` with status 400 or 404):
 //! `GET /v1/status`, `GET /v1/failures`, `POST /v1/pause?target=T`, `POST /v1/resume?target=T`,
 //! `POST /v1/rescan?path=P`, `POST /v1/checkpoint` (answers its `id`),
-//! `GET /v1/checkpoint?id=N`.
+//! `GET /v1/checkpoint?id=N`. The metrics listener (`--metrics-listen`, a TCP port) is
+//! served here too, with the same HTTP answer and one route, `GET /metrics`
+//! ([`super::metrics`] renders it).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -419,6 +421,46 @@ pub fn request<T: for<'de> Deserialize<'de>>(
         return Err(ControlError::Refused(why));
     }
     serde_json::from_str(body).map_err(|e| protocol(format!("{e}: {body}")))
+}
+
+/// Binds the metrics listener at `addr` (loopback in the examples: the numbers are not
+/// secret, but not everyone's either).
+pub async fn bind_metrics(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` ([`super::metrics`]) until `stop`, with this module's HTTP answer.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    pipeline: Arc<dyn Pipeline>,
+    stop: crate::shutdown::Shutdown,
+) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = stop.wait() => return,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let p = pipeline.clone();
+                tokio::spawn(async move {
+                    let route = move |method: &str, target: &str| match (method, target) {
+                        ("GET", "/metrics") => (
+                            200,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            super::metrics::render(p.metrics()),
+                        ),
+                        _ => (404, "text/plain", "only GET /metrics here\n".to_string()),
+                    };
+                    let _ = answer(stream, route).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,6 @@
 //! `*_timestamp_seconds`; a target is labelled by its name (the config's `name`, else a short
 //! name from the URL: `target="backup/mod"`; never the URL, which may carry a user).
 
-use std::sync::Arc;
-
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -340,46 +338,6 @@ pub fn render(snapshot: Snapshot) -> String {
     match prometheus_client::encoding::text::encode(&mut out, &registry) {
         Ok(()) => out,
         Err(e) => format!("# the metrics could not be encoded: {e}\n"),
-    }
-}
-
-/// Binds the metrics listener at `addr` (loopback in the examples: the numbers are not
-/// secret, but not everyone's either).
-pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
-}
-
-/// Serves `GET /metrics` until `stop`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    pipeline: Arc<dyn super::control::Pipeline>,
-    stop: crate::shutdown::Shutdown,
-) {
-    loop {
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = stop.wait() => return,
-        };
-        match conn {
-            Ok((stream, _)) => {
-                let p = pipeline.clone();
-                tokio::spawn(async move {
-                    let route = move |method: &str, target: &str| match (method, target) {
-                        ("GET", "/metrics") => (
-                            200,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            render(p.metrics()),
-                        ),
-                        _ => (404, "text/plain", "only GET /metrics here\n".to_string()),
-                    };
-                    let _ = super::control::answer(stream, route).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!("metrics: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
     }
 }
 
