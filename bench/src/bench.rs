@@ -15,91 +15,12 @@ use crate::compare::{compare, Diff};
 use crate::daemon::RsyncDaemon;
 use crate::fsimg::LoopFs;
 use crate::gen::{GenReport, Mix};
+use crate::opts::{Opts, RateSpec};
 use crate::procmon::{machine_busy_s, own_cpu_s, Monitor};
 use crate::stats::percentile;
 use crate::sys::{self, mono_ns, secs, Proc};
 use crate::tools::{self, Env, Tool};
 use crate::watch::Watcher;
-
-/// A rate of the generator: files (operations) per second, or as fast as it can go.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum RateSpec {
-    Fixed(f64),
-    Max,
-}
-
-impl RateSpec {
-    pub fn parse(s: &str) -> Result<RateSpec> {
-        if s == "max" {
-            return Ok(RateSpec::Max);
-        }
-        let r: f64 = s.parse().with_context(|| format!("rate {s:?}"))?;
-        if r <= 0.0 {
-            bail!("rate {s:?} must be positive (or `max`)");
-        }
-        Ok(RateSpec::Fixed(r))
-    }
-
-    pub fn label(&self) -> String {
-        match self {
-            RateSpec::Fixed(r) => format!("{r}"),
-            RateSpec::Max => "max".into(),
-        }
-    }
-
-    pub fn per_s(&self) -> f64 {
-        match self {
-            RateSpec::Fixed(r) => *r,
-            RateSpec::Max => 0.0,
-        }
-    }
-}
-
-/// The bench's settings, defaults resolved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Opts {
-    pub syncer: PathBuf,
-    pub quick: bool,
-    pub ram: bool,
-    pub repeat: usize,
-    pub rates: Vec<RateSpec>,
-    /// Writer run time per rate row (the operation count is rate x duration, capped).
-    pub duration_s: f64,
-    /// Cap on the operations of one row, and the count of the `max` rate.
-    pub max_files: u64,
-    /// Writer run time of the lsyncd delay=15 rows.
-    pub d15_duration_s: f64,
-    pub tools: Vec<Tool>,
-    pub tree_files: u64,
-    pub tree_dirs: u64,
-    pub mix: Mix,
-    pub converge_cap_s: f64,
-    /// Longest wait after the writer stops for the tool to run no rsync.
-    pub busy_cap_s: f64,
-    pub work: PathBuf,
-    pub out: PathBuf,
-    pub name: String,
-    pub seed: u64,
-    pub files_per_dir: u32,
-    /// The rows "big tree under live load".
-    pub live: crate::live::LiveOpts,
-    /// The rows "restarts on a big tree".
-    pub restart: crate::restart::RestartOpts,
-}
-
-impl Opts {
-    pub fn ops_for(&self, tool: Tool, rate: RateSpec) -> u64 {
-        let dur = if tool == Tool::LsyncdD15 {
-            self.d15_duration_s
-        } else {
-            self.duration_s
-        };
-        match rate {
-            RateSpec::Fixed(r) => ((r * dur).round() as u64).clamp(1, self.max_files),
-            RateSpec::Max => self.max_files,
-        }
-    }
-}
 
 /// Everything the bench owns. Fields drop in order: the monitor, the daemon, then the
 /// filesystems (so that nothing still uses a mount when it goes).

@@ -21,53 +21,13 @@ use crate::bench::Ctx;
 use crate::compare::{compare, Diff};
 use crate::fsimg::{copy_image, LoopFs};
 use crate::livegen::{Kind, LiveGenReport, LiveMix};
+use crate::opts::LiveOpts;
 use crate::procmon::{machine_busy_s, own_cpu_s, TreeStats};
 use crate::stats::percentile;
 use crate::sys::{self, mono_ns, run_cmd, secs, Proc};
 use crate::tools::{self, Env, Running, Tool};
 use crate::tree::WatchLimit;
 use crate::watch::{Marks, Watcher};
-
-/// The live section's settings, defaults resolved.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LiveOpts {
-    /// Tree sizes in files (directories: files / 10); empty skips the section.
-    pub trees: Vec<u64>,
-    /// Rates of the syncer rows, operations/s; 0 is the no-load baseline.
-    pub rates: Vec<f64>,
-    /// Rates of the other tools' rows.
-    pub peer_rates: Vec<f64>,
-    pub tools: Vec<Tool>,
-    pub duration_s: f64,
-    /// Seconds after spawn of the kill -9 + restart rows (None: no such rows).
-    pub kill_s: Option<f64>,
-    pub converge_cap_s: f64,
-    /// Longest wait for the start-up pass, from the (last) spawn.
-    pub startup_cap_s: f64,
-    pub mix: LiveMix,
-    /// Life of the load's temporary directories before their `rm -r`, ms.
-    pub tmp_life_ms: (u64, u64),
-    /// The huge-tree mode: tiny files stored in their inodes (ext4 inline_data).
-    pub huge: bool,
-    /// Rebuild the pristine images even if a matching one is kept.
-    pub rebuild: bool,
-    /// Keep the target copy's UUID (the same as the source's), to check that it is harmless.
-    pub same_uuid: bool,
-    /// The load starts once the start-up pass ended; CPU and rsync runs count from then.
-    pub settled: bool,
-}
-
-impl LiveOpts {
-    /// File sizes of the tree and of the files the load writes.
-    fn sizes(&self) -> ((u64, u64), (u64, u64)) {
-        if self.huge {
-            ((8, 60), (8, 60))
-        } else {
-            ((512, 4096), (1024, 32 * 1024))
-        }
-    }
-}
 
 /// A pristine pair of images of one tree size.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -946,7 +906,7 @@ pub fn rows(lo: &LiveOpts) -> Vec<(Tool, f64, Option<f64>)> {
 }
 
 fn progress(i: usize, n: usize, s: &LiveSample) {
-    let f = |v: Option<f64>| v.map_or("-".into(), crate::report::dur);
+    let f = |v: Option<f64>| v.map_or("-".into(), crate::fmt::dur);
     let kill = if s.kill_s.is_some() { " +kill" } else { "" };
     if let Some(e) = &s.error {
         let e = e.lines().next().unwrap_or("");

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::fmt::{dur, num};
 use crate::live::{Lat, LiveSample, LiveSection};
-use crate::report::{dur, num};
 use crate::tools::Tool;
 use crate::tree::TreeSection;
 

@@ -9,11 +9,13 @@
 mod bench;
 mod compare;
 mod daemon;
+mod fmt;
 mod fsimg;
 mod gen;
 mod live;
 mod livegen;
 mod livereport;
+mod opts;
 mod procmon;
 mod report;
 mod restart;
@@ -30,10 +32,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::{Ctx, Opts, RateSample, RateSpec};
+use crate::bench::{Ctx, RateSample};
 use crate::gen::Mix;
-use crate::live::LiveOpts;
 use crate::livegen::LiveMix;
+use crate::opts::{LiveOpts, Opts, RateSpec, RestartOpts};
 use crate::report::{Meta, Report};
 use crate::sys::{mono_ns, secs};
 use crate::tools::Tool;
@@ -276,13 +278,13 @@ struct LiveArgs {
     restart_changed: f64,
 }
 
-fn resolve_restart(a: &LiveArgs, q: bool) -> Result<restart::RestartOpts> {
+fn resolve_restart(a: &LiveArgs, q: bool) -> Result<RestartOpts> {
     let trees = match (&a.restart_trees, a.no_live || a.huge_tree.is_some()) {
         (Some(t), _) => list_f64(t)?,
         (None, true) => Vec::new(),
         (None, false) => vec![if q { 100_000.0 } else { 1_000_000.0 }],
     };
-    Ok(restart::RestartOpts {
+    Ok(RestartOpts {
         trees: trees.into_iter().map(|x| x as u64).collect(),
         rate: a.restart_rate,
         duration_s: a.restart_duration.unwrap_or(if q { 15.0 } else { 30.0 }),
@@ -633,7 +635,7 @@ fn meta(o: &Opts) -> Meta {
 }
 
 fn progress(i: usize, n: usize, s: &RateSample) {
-    let f = |v: Option<f64>| v.map_or("-".into(), report::dur);
+    let f = |v: Option<f64>| v.map_or("-".into(), fmt::dur);
     if let Some(e) = &s.error {
         eprintln!(
             "[{i}/{n}] {} @ {}: FAILED: {}",

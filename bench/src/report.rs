@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::RateSample;
+use crate::fmt::{dur, num};
 use crate::stats::Spread;
 use crate::tools::Tool;
 use crate::tree::TreeSection;
@@ -153,29 +154,6 @@ pub fn summarize(tool: Tool, rate: &str, all: &[RateSample]) -> RowSummary {
             (s.window_s > 0.0).then(|| 100.0 * s.foreign_cpu_s / (s.window_s * cpus))
         }),
         errors: mine.iter().filter_map(|s| s.error.clone()).collect(),
-    }
-}
-
-/// A duration for a table cell.
-pub fn dur(s: f64) -> String {
-    if s < 0.001 {
-        format!("{:.2} ms", s * 1e3)
-    } else if s < 1.0 {
-        format!("{:.0} ms", s * 1e3)
-    } else if s < 100.0 {
-        format!("{s:.2} s")
-    } else {
-        format!("{s:.0} s")
-    }
-}
-
-pub fn num(x: f64) -> String {
-    if x.abs() >= 100.0 {
-        format!("{x:.0}")
-    } else if x.abs() >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
     }
 }
 

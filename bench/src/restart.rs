@@ -27,23 +27,11 @@ use crate::bench::Ctx;
 use crate::compare::{compare, Diff};
 use crate::live::{self, Index, Lat, Pristine};
 use crate::livegen::{LiveGenReport, LiveMix};
+use crate::opts::RestartOpts;
 use crate::sys::{self, mono_ns, secs, Proc};
 use crate::tools::{self, Env, Running, Tool};
 use crate::tree::WatchLimit;
 use crate::watch::Watcher;
-
-/// The section's settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RestartOpts {
-    /// Tree sizes in files; empty skips the section.
-    pub trees: Vec<u64>,
-    /// The load of the kill rows, operations/s, and how long it runs.
-    pub rate: f64,
-    pub duration_s: f64,
-    /// Percent of the files changed while syncer is stopped.
-    pub changed_pct: f64,
-}
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -344,7 +332,7 @@ pub fn run(c: &mut Ctx) -> Result<RestartSection> {
 }
 
 fn progress(s: &RestartSample) {
-    let f = |v: Option<f64>| v.map_or("-".into(), crate::report::dur);
+    let f = |v: Option<f64>| v.map_or("-".into(), crate::fmt::dur);
     match &s.error {
         Some(e) => eprintln!(
             "[restart] {} {}: FAILED: {}",
@@ -372,7 +360,7 @@ fn progress(s: &RestartSample) {
 /// The section's table.
 pub fn tables(out: &mut String, sec: &RestartSection) {
     use std::fmt::Write as _;
-    let f = |v: Option<f64>| v.map_or("–".into(), crate::report::dur);
+    let f = |v: Option<f64>| v.map_or("–".into(), crate::fmt::dur);
     let o = &sec.opts;
     let _ = writeln!(
         out,
