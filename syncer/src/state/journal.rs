@@ -47,18 +47,31 @@ pub type Entry = (PathBuf, Op, bool);
 /// A path's pending state in a record (`None`: no longer pending).
 type State = Option<(Op, bool)>;
 
+/// An op's number, in these records as in the keyspace journals before them.
+pub(super) fn op_byte(op: Op) -> u8 {
+    match op {
+        Op::Update => 0,
+        Op::Delete => 1,
+        Op::Tree => 2,
+        Op::Shallow => 3,
+    }
+}
+
+/// The op numbered `b` ([`op_byte`]), if any.
+pub(super) fn op_of(b: u8) -> Option<Op> {
+    Some(match b {
+        0 => Op::Update,
+        1 => Op::Delete,
+        2 => Op::Tree,
+        3 => Op::Shallow,
+        _ => return None,
+    })
+}
+
 fn state_byte(state: State) -> u8 {
     match state {
         None => GONE,
-        Some((op, is_dir)) => {
-            let op = match op {
-                Op::Update => 0,
-                Op::Delete => 1,
-                Op::Tree => 2,
-                Op::Shallow => 3,
-            };
-            op | if is_dir { DIR } else { 0 }
-        }
+        Some((op, is_dir)) => op_byte(op) | if is_dir { DIR } else { 0 },
     }
 }
 
@@ -67,14 +80,7 @@ fn state_of(b: u8) -> Option<State> {
     if b == GONE {
         return Some(None);
     }
-    let op = match b & !DIR {
-        0 => Op::Update,
-        1 => Op::Delete,
-        2 => Op::Tree,
-        3 => Op::Shallow,
-        _ => return None,
-    };
-    Some(Some((op, b & DIR != 0)))
+    Some(Some((op_of(b & !DIR)?, b & DIR != 0)))
 }
 
 /// Appends the record of `path`'s new state (`None`: no longer pending) to `out`.

@@ -43,7 +43,6 @@ pub use self::meta::IndexUpdate;
 pub use self::target::{Failure, TargetState};
 use self::writer::{Write, Writer};
 use crate::change::ReadMarks;
-use crate::queue;
 
 /// The identity record's version; a state written by another layout is not read.
 const SCHEMA: u32 = 1;
@@ -262,20 +261,14 @@ impl State {
             let body = v
                 .get(..2)
                 .filter(|b| v.len() == 6 && meta::checksum(&k, b).to_le_bytes() == v[2..]);
-            let op = match body.map(|b| b[0]) {
-                Some(0) => queue::Op::Update,
-                Some(1) => queue::Op::Delete,
-                Some(2) => queue::Op::Tree,
-                Some(3) => queue::Op::Shallow,
-                _ => return Err(damaged(&self.dir, "a journal entry fails its checksum")),
+            let Some(op) = body.and_then(|b| journal::op_of(b[0])) else {
+                return Err(damaged(&self.dir, "a journal entry fails its checksum"));
             };
             let path = std::ffi::OsStr::from_bytes(k.get(1..).unwrap_or_default());
             let is_dir = v[1] == 1;
             journal::encode(&mut records, Path::new(path), Some((op, is_dir)));
         }
-        let mut l = log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = writer::lock(log);
         let io = |source| StateError::Io {
             dir: self.dir.clone(),
             source,
@@ -454,16 +447,8 @@ fn open_db(db_dir: &Path, dir: &Path) -> Result<Database, StateError> {
 }
 
 fn keyspace(db: &Database, name: &str, dir: &Path) -> Result<Keyspace, StateError> {
-    keyspace_with(db, name, dir, KeyspaceCreateOptions::default)
-}
-
-fn keyspace_with(
-    db: &Database,
-    name: &str,
-    dir: &Path,
-    options: impl FnOnce() -> KeyspaceCreateOptions,
-) -> Result<Keyspace, StateError> {
-    db.keyspace(name, options).map_err(|e| damaged(dir, e))
+    db.keyspace(name, KeyspaceCreateOptions::default)
+        .map_err(|e| damaged(dir, e))
 }
 
 /// The directory of the targets' journals, in the state directory.

@@ -128,11 +128,7 @@ impl TargetState {
     /// is cut off, with a warning: what it held changed after the index's certificates, and
     /// the start's walk finds it. A damaged journal is set aside: an error.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Op, bool)>, StateError> {
-        let read = self
-            .journal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .read_pending();
+        let read = super::writer::lock(&self.journal).read_pending();
         match read {
             Ok((pending, torn)) => {
                 if let Some(bytes) = torn {

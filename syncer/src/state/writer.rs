@@ -230,7 +230,9 @@ fn take(w: Write, batch: &mut fjall::OwnedWriteBatch, t: &mut Turn) {
     }
 }
 
-fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, super::journal::Log> {
+/// A journal, locked (a panic while it was held leaves nothing half-written that a later
+/// append or read would trust: records carry their own checksums).
+pub(super) fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, super::journal::Log> {
     log.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
