@@ -81,7 +81,7 @@ fn allocated_mib(p: &Path) -> f64 {
 /// Builds (or finds, kept from an earlier run) the pristine images of a tree of `files`.
 pub fn pristine(c: &Ctx, lo: &LiveOpts, files: u64) -> Result<Pristine> {
     let dirs = (files / 10).max(1);
-    let dir = c.work.join("live-images");
+    let dir = c.o.images.clone();
     std::fs::create_dir_all(&dir)?;
     let tag = format!("{}{files}", if lo.huge { "huge-" } else { "tree-" });
     let (src, tgt, stamp) = (
@@ -208,8 +208,20 @@ pub(crate) fn fresh_copies(c: &mut Ctx, p: &Pristine, consume: bool) -> Result<f
     c.tgt.release()?;
     let t0 = mono_ns();
     if consume {
-        std::fs::rename(&p.src, c.src.img())?;
-        std::fs::rename(&p.tgt, c.tgt.img())?;
+        for (from, to) in [(&p.src, c.src.img()), (&p.tgt, c.tgt.img())] {
+            match std::fs::rename(from, to) {
+                Ok(()) => {}
+                // The pristine images on another filesystem (--images, --ram): copied, then
+                // removed (used up as the rename would).
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    if wait_proc(&mut copy_image(from, to)?, 3600.0)?.code() != Some(0) {
+                        bail!("copying {} failed", from.display());
+                    }
+                    std::fs::remove_file(from)?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("rename {}", from.display())),
+            }
+        }
     } else {
         let mut a = copy_image(&p.src, c.src.img())?;
         let mut b = copy_image(&p.tgt, c.tgt.img())?;

@@ -151,9 +151,15 @@ struct BenchArgs {
     /// The short run (under 3 minutes): two rates, short rows, a 100k-file tree, no repeats.
     #[arg(long)]
     quick: bool,
-    /// Put the filesystem images in /dev/shm instead of on disk.
+    /// Put the filesystem images in /dev/shm instead of on disk (the pristine images of the
+    /// big-tree rows stay on disk, see --images).
     #[arg(long)]
     ram: bool,
+    /// Directory for the pristine images of the big-tree rows (default WORK/live-images; with
+    /// --ram /var/tmp/syncer-bench/live-images: they are read once per row, and the copies of a
+    /// 1 M-file tree fit in RAM where copies and pristine images together do not).
+    #[arg(long)]
+    images: Option<PathBuf>,
     /// Runs of every row (the tables show the median and min–max).
     #[arg(long)]
     repeat: Option<usize>,
@@ -489,10 +495,18 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
             "/var/tmp/syncer-bench"
         })
     });
+    let images = a.images.unwrap_or_else(|| {
+        if ram {
+            PathBuf::from("/var/tmp/syncer-bench/live-images")
+        } else {
+            work.join("live-images")
+        }
+    });
     Ok(Opts {
         syncer,
         quick: q,
         ram,
+        images,
         repeat: a.repeat.unwrap_or(if q { 1 } else { 3 }).max(1),
         rates: if a.no_rates || huge {
             Vec::new()
@@ -600,7 +614,11 @@ fn meta(o: &Opts) -> Meta {
             "full".into()
         },
         storage: if o.ram {
-            format!("ext4 images in RAM ({})", o.work.display())
+            format!(
+                "ext4 images in RAM ({}; pristine images of the big trees on disk: {})",
+                o.work.display(),
+                o.images.display()
+            )
         } else {
             format!("ext4 images on disk ({})", o.work.display())
         },

@@ -67,6 +67,8 @@ pub struct Opts {
     /// Longest wait after the writer stops for the tool to run no rsync.
     pub busy_cap_s: f64,
     pub work: PathBuf,
+    /// The pristine images of the big-tree rows (built once, copied per row).
+    pub images: PathBuf,
     pub out: PathBuf,
     pub name: String,
     pub seed: u64,
