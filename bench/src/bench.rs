@@ -605,6 +605,7 @@ mod tests {
             converge_cap_s: 30.0,
             busy_cap_s: 8.0,
             work: PathBuf::new(),
+            images: PathBuf::new(),
             out: PathBuf::new(),
             name: String::new(),
             seed: 1,
