@@ -207,22 +207,10 @@ pub(crate) fn fresh_copies(c: &mut Ctx, p: &Pristine, consume: bool) -> Result<f
     c.src.release()?;
     c.tgt.release()?;
     let t0 = mono_ns();
-    if consume {
-        for (from, to) in [(&p.src, c.src.img()), (&p.tgt, c.tgt.img())] {
-            match std::fs::rename(from, to) {
-                Ok(()) => {}
-                // The pristine images on another filesystem (--images, --ram): copied, then
-                // removed (used up as the rename would).
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                    if wait_proc(&mut copy_image(from, to)?, 3600.0)?.code() != Some(0) {
-                        bail!("copying {} failed", from.display());
-                    }
-                    std::fs::remove_file(from)?;
-                }
-                Err(e) => return Err(e).with_context(|| format!("rename {}", from.display())),
-            }
-        }
-    } else {
+    // Used up: moved, or copied and removed when the pristine images are on another
+    // filesystem (--images, --ram) and a rename fails with EXDEV.
+    let moved = consume && move_images(p, c)?;
+    if !moved {
         let mut a = copy_image(&p.src, c.src.img())?;
         let mut b = copy_image(&p.tgt, c.tgt.img())?;
         for cp in [&mut a, &mut b] {
@@ -230,11 +218,29 @@ pub(crate) fn fresh_copies(c: &mut Ctx, p: &Pristine, consume: bool) -> Result<f
                 bail!("copying a pristine image failed");
             }
         }
+        if consume {
+            std::fs::remove_file(&p.src)?;
+            std::fs::remove_file(&p.tgt)?;
+        }
     }
     let s = secs(mono_ns() - t0);
     c.src.mount()?;
     c.tgt.mount()?;
     Ok(s)
+}
+
+/// Renames the pristine images into the fresh ones; false (nothing moved) when they are on
+/// another filesystem. Both pristine images share a directory, and so do both fresh ones: only
+/// the first rename can meet EXDEV.
+fn move_images(p: &Pristine, c: &Ctx) -> Result<bool> {
+    for (from, to) in [(&p.src, c.src.img()), (&p.tgt, c.tgt.img())] {
+        match std::fs::rename(from, to) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) && from == &p.src => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("rename {}", from.display())),
+        }
+    }
+    Ok(true)
 }
 
 /// Writes the fresh copies back to disk (so that no writeback of them runs during the row) and

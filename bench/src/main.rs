@@ -25,7 +25,7 @@ mod tools;
 mod tree;
 mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -39,6 +39,9 @@ use crate::opts::{LiveOpts, Opts, RateSpec, RestartOpts};
 use crate::report::{Meta, Report};
 use crate::sys::{mono_ns, secs};
 use crate::tools::Tool;
+
+/// The work directory on disk (the default; with --ram, where the pristine images stay).
+const DISK_WORK: &str = "/var/tmp/syncer-bench";
 
 #[derive(Parser)]
 #[command(
@@ -492,16 +495,12 @@ fn resolve(a: BenchArgs) -> Result<Opts> {
         PathBuf::from(if ram {
             "/dev/shm/syncer-bench"
         } else {
-            "/var/tmp/syncer-bench"
+            DISK_WORK
         })
     });
-    let images = a.images.unwrap_or_else(|| {
-        if ram {
-            PathBuf::from("/var/tmp/syncer-bench/live-images")
-        } else {
-            work.join("live-images")
-        }
-    });
+    let images = a
+        .images
+        .unwrap_or_else(|| if ram { Path::new(DISK_WORK) } else { &work }.join("live-images"));
     Ok(Opts {
         syncer,
         quick: q,
